@@ -1,0 +1,1 @@
+//! Benchmarks of the kdp data plane (see the `[[bench]]` targets).

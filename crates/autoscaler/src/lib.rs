@@ -1,0 +1,1 @@
+//! The Knative Pod Autoscaler decider.

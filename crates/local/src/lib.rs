@@ -1,0 +1,1 @@
+//! Local mode: Knative Services on one machine.

@@ -1,0 +1,3 @@
+//! The `kdp` command line.
+
+fn main() {}

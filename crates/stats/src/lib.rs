@@ -1,0 +1,1 @@
+//! Time-weighted request statistics and the `Stat` protobuf messages.

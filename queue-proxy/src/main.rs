@@ -1,0 +1,3 @@
+//! The queue-proxy binary.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Cross-binary integration tests (see `integration/`).
