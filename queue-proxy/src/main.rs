@@ -1,3 +1,56 @@
-//! The queue-proxy binary.
+//! The queue-proxy binary: configuration, then the [`App`], then drain.
 
-fn main() {}
+use kdp_core::env::{EX_USAGE, Env};
+use kdp_queue_proxy::env::Config;
+use kdp_queue_proxy::{App, Listeners};
+
+fn main() {
+    let config = match Config::from_env(&Env) {
+        Ok(config) => config,
+        Err(err) => {
+            eprint_line(&err.to_string());
+            std::process::exit(EX_USAGE);
+        }
+    };
+    kdp_core::log::init(&config.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprint_line(&format!("cannot start the runtime: {err}"));
+            std::process::exit(1);
+        }
+    };
+    let code = runtime.block_on(async move {
+        let listeners = match Listeners::bind(&config).await {
+            Ok(l) => l,
+            Err(err) => {
+                tracing::error!(error = %err, "Failed to bring up queue-proxy, shutting down.");
+                return 1;
+            }
+        };
+        let app = match App::build(config, listeners) {
+            Ok(app) => app,
+            Err(err) => {
+                eprint_line(&kdp_core::ErrorChain(&err).to_string());
+                return EX_USAGE;
+            }
+        };
+        app.run(async {
+            if let Err(err) = kdp_core::signal::shutdown().await {
+                tracing::error!(error = %err, "cannot install signal handlers");
+            }
+            kdp_core::signal::exit_on_second_signal();
+        })
+        .await;
+        0
+    });
+    std::process::exit(code);
+}
+
+fn eprint_line(msg: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "queue-proxy: {msg}");
+}

@@ -68,7 +68,7 @@ where
     S: std::hash::BuildHasher,
 {
     fn get(&self, key: &str) -> Result<Option<String>, EnvError> {
-        Ok(HashMap::get(self, key).map(|v| v.as_ref().to_owned()))
+        Ok(Self::get(self, key).map(|v| v.as_ref().to_owned()))
     }
 }
 
@@ -114,7 +114,9 @@ pub fn required_int(env: &dyn Strings, var: &str) -> Result<i64, EnvError> {
 pub fn int_or(env: &dyn Strings, var: &str, default: i64) -> Result<i64, EnvError> {
     match env.get(var)? {
         None => Ok(default),
-        Some(value) => parse_go_int(&value).map_err(|reason| EnvError::invalid(var, &value, reason)),
+        Some(value) => {
+            parse_go_int(&value).map_err(|reason| EnvError::invalid(var, &value, reason))
+        }
     }
 }
 
@@ -309,9 +311,19 @@ mod tests {
         assert_eq!(err.var(), "CONTAINER_CONCURRENCY");
         assert!(err.to_string().contains("\"many\""), "{err}");
         let err = required(&env, "USER_PORT").unwrap_err();
-        assert_eq!(err.to_string(), "required environment variable USER_PORT is not set");
-        assert_eq!(required(&env, "EMPTY").unwrap(), "", "empty counts as present");
-        assert!(int_or(&env, "EMPTY", 3).is_err(), "empty int is an error, as envconfig");
+        assert_eq!(
+            err.to_string(),
+            "required environment variable USER_PORT is not set"
+        );
+        assert_eq!(
+            required(&env, "EMPTY").unwrap(),
+            "",
+            "empty counts as present"
+        );
+        assert!(
+            int_or(&env, "EMPTY", 3).is_err(),
+            "empty int is an error, as envconfig"
+        );
         assert_eq!(int_or(&env, "ABSENT", 3), Ok(3));
         assert_eq!(port_or(&env, "ABSENT", 8022), Ok(8022));
         assert!(port_or(&HashMap::from([("P", "0")]), "P", 1).is_err());

@@ -56,7 +56,9 @@ pub fn cause_ref<'a, E: std::error::Error + 'static>(
 }
 
 /// True when an error of type `E` appears anywhere in `err`'s source chain.
-pub fn is_caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
+pub fn is_caused_by<E: std::error::Error + 'static>(
+    err: &(dyn std::error::Error + 'static),
+) -> bool {
     cause_ref::<E>(err).is_some()
 }
 

@@ -72,18 +72,13 @@ pub fn is_kubelet_probe(headers: &http::HeaderMap) -> bool {
     headers
         .get(http::header::USER_AGENT)
         .is_some_and(|ua| ua.as_bytes().starts_with(UA_KUBE_PROBE.as_bytes()))
-        || headers
-            .get(&K_KUBELET_PROBE)
-            .is_some_and(|v| !v.is_empty())
+        || headers.get(&K_KUBELET_PROBE).is_some_and(|v| !v.is_empty())
 }
 
 /// Knative's `IsProbe`: a kubelet probe or any non-empty `K-Network-Probe`.
 /// Such requests are kept out of request metrics, logs and traces.
 pub fn is_probe(headers: &http::HeaderMap) -> bool {
-    is_kubelet_probe(headers)
-        || headers
-            .get(&K_NETWORK_PROBE)
-            .is_some_and(|v| !v.is_empty())
+    is_kubelet_probe(headers) || headers.get(&K_NETWORK_PROBE).is_some_and(|v| !v.is_empty())
 }
 
 #[cfg(test)]

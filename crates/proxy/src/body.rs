@@ -28,3 +28,55 @@ where
 {
     body.map_err(Into::into).boxed_unsync()
 }
+
+pin_project_lite::pin_project! {
+    /// A body that holds a value (a breaker permit, a stats entry) until the
+    /// body ends or is dropped, so accounting covers the whole response.
+    pub struct Guarded<G> {
+        #[pin]
+        body: BoxBody,
+        guard: Option<G>,
+    }
+}
+
+impl<G: Send + 'static> Guarded<G> {
+    /// Wraps `body`, keeping `guard` alive until the body is done.
+    pub fn boxed(body: BoxBody, guard: G) -> BoxBody {
+        Self {
+            body,
+            guard: Some(guard),
+        }
+        .boxed_unsync()
+    }
+}
+
+impl<G> std::fmt::Debug for Guarded<G> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guarded").finish_non_exhaustive()
+    }
+}
+
+impl<G> http_body::Body for Guarded<G> {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Error>>> {
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        if let std::task::Poll::Ready(None | Some(Err(_))) = &polled {
+            this.guard.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -5,9 +5,13 @@
 //! errors into Knative's status codes and bodies; [`timeout`] enforces the
 //! three revision timeouts; [`breaker`] bounds concurrency and queueing;
 //! [`forward`] rewrites headers and relays bodies and upgrades through the
-//! upstream [`pool`].
+//! upstream [`pool`]. [`request_log`] renders Knative's request log lines.
 
 pub mod body;
 pub mod breaker;
+pub mod forward;
+pub mod pool;
 pub mod request_log;
+pub mod respond;
+pub mod serve;
 pub mod timeout;

@@ -1,0 +1,354 @@
+//! Forwarding: the request as the upstream must see it, and the response back.
+//!
+//! Second-to-last stage, just before the upstream [`pool`](crate::pool). It
+//! does what Go's `httputil.ReverseProxy` does for Knative: strips hop-by-hop
+//! headers both ways, appends the peer to `X-Forwarded-For`, keeps `Te:
+//! trailers`, streams bodies in both directions at once without buffering,
+//! picks HTTP/1.1 or h2c upstream by the inbound protocol, and relays
+//! protocol upgrades (websockets) as byte tunnels that it tracks so a drain
+//! can wait for them. Errors are the pool's (dial failures, resets); the
+//! edge turns them into 502s.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::TokioIo;
+use kdp_core::Error;
+use kdp_core::header::X_FORWARDED_FOR;
+use tokio::sync::Notify;
+
+use crate::body::{self, BoxBody};
+use crate::pool::{Target, Upstream};
+use crate::timeout::RequestDeadline;
+
+/// The downstream peer's address; [`serve`](crate::serve) puts it in every request's extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Forwards requests to the upstream.
+#[derive(Clone, Debug)]
+pub struct Forward {
+    upstream: Upstream,
+    target: Target,
+    tunnels: Tunnels,
+}
+
+/// Counts open upgraded tunnels, so shutdown can wait for them.
+#[derive(Clone, Debug, Default)]
+pub struct Tunnels {
+    inner: Arc<TunnelsInner>,
+}
+
+#[derive(Debug, Default)]
+struct TunnelsInner {
+    open: AtomicUsize,
+    idle: Notify,
+}
+
+/// The upstream answered an upgrade with a different protocol.
+#[derive(Debug, thiserror::Error)]
+#[error("backend tried to switch protocol {got:?} when {want:?} was requested")]
+pub struct UpgradeMismatch {
+    /// The protocol the client asked for.
+    pub want: String,
+    /// The protocol the upstream switched to.
+    pub got: String,
+}
+
+/// Headers that describe one hop only (RFC 9110 §7.6.1, plus Go's list).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+// === impl Forward ===
+
+impl Forward {
+    /// A forwarder over `upstream`, which must have been built for `target`.
+    pub fn new(upstream: Upstream, target: Target) -> Self {
+        Self {
+            upstream,
+            target,
+            tunnels: Tunnels::default(),
+        }
+    }
+
+    /// The tunnel counter (for drain).
+    pub fn tunnels(&self) -> &Tunnels {
+        &self.tunnels
+    }
+
+    /// Sends `req` upstream and returns the upstream's response.
+    ///
+    /// With a [`Target::FromUri`] upstream the request URI must already be
+    /// absolute (`http://ip:port/path`); with a fixed target any form works.
+    ///
+    /// # Errors
+    /// The pool's errors: dial failures, resets, malformed responses, or an
+    /// [`UpgradeMismatch`].
+    pub async fn forward<B>(&self, mut req: Request<B>) -> Result<Response<BoxBody>, Error>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Error>,
+    {
+        let upgrade =
+            upgrade_token(req.headers()).map(|token| (token, hyper::upgrade::on(&mut req)));
+        let deadline = req.extensions().get::<RequestDeadline>().copied();
+        let inbound_h2 = req.version() == Version::HTTP_2;
+        let (mut parts, body) = req.into_parts();
+
+        strip_hop_by_hop(&mut parts.headers, true);
+        if let Some((token, _)) = &upgrade {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            parts.headers.insert(header::UPGRADE, token.clone());
+        }
+        if let Some(ClientAddr(peer)) = parts.extensions.get::<ClientAddr>() {
+            append_forwarded_for(&mut parts.headers, peer.ip());
+        }
+        parts.uri = self.upstream_uri(&parts.uri, &parts.headers, inbound_h2)?;
+        parts.version = if inbound_h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        let req = Request::from_parts(parts, body::boxed(body));
+
+        let client = if inbound_h2 {
+            self.upstream.http2()
+        } else {
+            self.upstream.http1()
+        };
+        let mut rsp = client.request(req).await?;
+
+        if let (StatusCode::SWITCHING_PROTOCOLS, Some((want, downstream))) = (rsp.status(), upgrade)
+        {
+            let got = rsp
+                .headers()
+                .get(header::UPGRADE)
+                .cloned()
+                .unwrap_or_else(|| HeaderValue::from_static(""));
+            if !got.as_bytes().eq_ignore_ascii_case(want.as_bytes()) {
+                return Err(UpgradeMismatch {
+                    want: String::from_utf8_lossy(want.as_bytes()).into_owned(),
+                    got: String::from_utf8_lossy(got.as_bytes()).into_owned(),
+                }
+                .into());
+            }
+            let upstream = hyper::upgrade::on(&mut rsp);
+            self.tunnels.spawn(downstream, upstream, deadline);
+            return Ok(rsp.map(body::boxed));
+        }
+        strip_hop_by_hop(rsp.headers_mut(), false);
+        Ok(rsp.map(body::boxed))
+    }
+
+    fn upstream_uri(&self, uri: &Uri, headers: &HeaderMap, inbound_h2: bool) -> Result<Uri, Error> {
+        let authority = match self.target {
+            Target::FromUri => return Ok(uri.clone()),
+            // h2 carries the Host in :authority, so keep the client's; HTTP/1
+            // keeps the Host header and dials the fixed address either way.
+            Target::Fixed(addr) if inbound_h2 => uri
+                .authority()
+                .cloned()
+                .or_else(|| {
+                    headers
+                        .get(header::HOST)
+                        .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                })
+                .map_or_else(|| Authority::try_from(addr.to_string()), Ok)?,
+            Target::Fixed(addr) => Authority::try_from(addr.to_string())?,
+        };
+        let path = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        Ok(Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority)
+            .path_and_query(path)
+            .build()?)
+    }
+}
+
+/// The `Upgrade` token of an HTTP/1 upgrade request (`Connection: upgrade` + `Upgrade: x`).
+fn upgrade_token(headers: &HeaderMap) -> Option<HeaderValue> {
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
+    if connection_upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Removes hop-by-hop headers and every header `Connection` names. On
+/// requests, `Te: trailers` survives (gRPC needs it).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, request: bool) {
+    let te_trailers = request
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Appends `ip` to `X-Forwarded-For`, joining earlier values with `, ` as Go does.
+pub fn append_forwarded_for(headers: &mut HeaderMap, ip: std::net::IpAddr) {
+    let ip = ip.to_canonical().to_string();
+    let mut prior = headers.get_all(&X_FORWARDED_FOR).iter();
+    let value = match (prior.next(), prior.next()) {
+        (None, _) => ip,
+        (Some(one), None) => format!("{}, {ip}", String::from_utf8_lossy(one.as_bytes())),
+        (Some(_), Some(_)) => {
+            let joined: Vec<String> = headers
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect();
+            format!("{}, {ip}", joined.join(", "))
+        }
+    };
+    if let Ok(v) = HeaderValue::try_from(value) {
+        headers.insert(&X_FORWARDED_FOR, v);
+    }
+}
+
+// === impl Tunnels ===
+
+impl Tunnels {
+    /// Open tunnels right now.
+    pub fn open(&self) -> usize {
+        self.inner.open.load(Ordering::Acquire)
+    }
+
+    /// Waits until no tunnel is open, or `limit` passes; true when idle.
+    pub async fn wait_idle(&self, limit: Duration) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.inner.idle.notified();
+                if self.open() == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
+    }
+
+    fn spawn(
+        &self,
+        downstream: hyper::upgrade::OnUpgrade,
+        upstream: hyper::upgrade::OnUpgrade,
+        deadline: Option<RequestDeadline>,
+    ) {
+        self.inner.open.fetch_add(1, Ordering::AcqRel);
+        let guard = TunnelGuard(self.inner.clone());
+        tokio::spawn(async move {
+            let _guard = guard;
+            let (down, up) = match tokio::try_join!(downstream, upstream) {
+                Ok(pair) => pair,
+                Err(error) => {
+                    tracing::debug!(%error, "upgrade failed");
+                    return;
+                }
+            };
+            let mut down = TokioIo::new(down);
+            let mut up = TokioIo::new(up);
+            let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
+            match deadline {
+                Some(RequestDeadline(at)) => {
+                    if tokio::time::timeout_at(at, copy).await.is_err() {
+                        tracing::debug!("tunnel cut at the revision timeout");
+                    }
+                }
+                None => {
+                    let _ = copy.await;
+                }
+            }
+        });
+    }
+}
+
+struct TunnelGuard(Arc<TunnelsInner>);
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(header::TE, "trailers, deflate".parse().unwrap());
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        h.insert("x-keep", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["x-keep"], "1");
+    }
+
+    #[test]
+    fn forwarded_for_appends_like_go() {
+        let ip: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, ip);
+        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1");
+        let mut h = HeaderMap::new();
+        h.append(&X_FORWARDED_FOR, "1.1.1.1".parse().unwrap());
+        h.append(&X_FORWARDED_FOR, "2.2.2.2, 3.3.3.3".parse().unwrap());
+        append_forwarded_for(&mut h, ip);
+        assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.1");
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, "::ffff:127.0.0.1".parse().unwrap());
+        assert_eq!(h[&X_FORWARDED_FOR], "127.0.0.1");
+    }
+
+    #[test]
+    fn upgrade_needs_connection_token() {
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        assert!(upgrade_token(&h).is_none());
+        h.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
+        assert_eq!(upgrade_token(&h).unwrap(), "websocket");
+    }
+}

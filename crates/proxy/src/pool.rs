@@ -1,0 +1,271 @@
+//! The upstream client: connection pools to the user container or to pods.
+//!
+//! Last stage of the request flow. [`Upstream`] holds two hyper-util pools,
+//! one speaking HTTP/1.1 and one speaking HTTP/2 with prior knowledge (h2c);
+//! the forwarder picks one per request by the *inbound* protocol version, as
+//! Knative does. Connections are dialled by [`Dialer`], which mirrors
+//! Knative's dialer: TCP keepalive 5 s, no Nagle, and an exponential
+//! back-off that retries only dial *timeouts* (a refused connection fails at
+//! once and becomes a 502).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::body::BoxBody;
+
+/// Idle upstream connections are closed after this long (Go's transport default).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// TCP keepalive on upstream connections.
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// Where upstream connections go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Always this address, whatever the request URI says (the queue-proxy's user container).
+    Fixed(SocketAddr),
+    /// The address in each request URI's authority (the activator's pods).
+    FromUri,
+}
+
+/// Upstream pool settings.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// Where to connect.
+    pub target: Target,
+    /// Idle connections kept per host (Knative: containerConcurrency, or 1000 when 0).
+    pub max_idle_per_host: usize,
+}
+
+/// The two upstream pools, HTTP/1.1 and h2c.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    http1: Client<Dialer, BoxBody>,
+    http2: Client<Dialer, BoxBody>,
+}
+
+/// Dials upstream TCP connections with Knative's timeout back-off.
+#[derive(Clone, Copy, Debug)]
+pub struct Dialer {
+    target: Target,
+}
+
+/// A failed dial. `Display` reads like Go's `net` errors so 502 bodies match Knative's.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// The connection was refused or failed at once.
+    #[error("dial tcp {addr}: connect: {reason}")]
+    Connect {
+        /// The address dialled.
+        addr: String,
+        /// The OS error, in Go's words where they differ from Rust's.
+        reason: String,
+    },
+    /// Every attempt timed out.
+    #[error("timed out dialing {addr} after {secs:.2}s")]
+    TimedOut {
+        /// The address dialled.
+        addr: String,
+        /// Seconds spent.
+        secs: f64,
+    },
+    /// The URI named no usable address.
+    #[error("dial tcp: missing address in {0}")]
+    NoAddress(String),
+}
+
+// === impl Upstream ===
+
+impl Upstream {
+    /// Builds both pools.
+    pub fn new(config: &PoolConfig) -> Self {
+        let dialer = Dialer {
+            target: config.target,
+        };
+        let mut h1 = Client::builder(TokioExecutor::new());
+        h1.pool_idle_timeout(IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .pool_max_idle_per_host(config.max_idle_per_host)
+            .http1_preserve_header_case(false)
+            .retry_canceled_requests(true);
+        let mut h2 = Client::builder(TokioExecutor::new());
+        h2.pool_idle_timeout(IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .http2_only(true)
+            .timer(TokioTimer::new())
+            .http2_adaptive_window(true);
+        Self {
+            http1: h1.build(dialer),
+            http2: h2.build(dialer),
+        }
+    }
+
+    /// The HTTP/1.1 pool.
+    pub fn http1(&self) -> &Client<Dialer, BoxBody> {
+        &self.http1
+    }
+
+    /// The h2c (prior knowledge) pool.
+    pub fn http2(&self) -> &Client<Dialer, BoxBody> {
+        &self.http2
+    }
+}
+
+// === impl Dialer ===
+
+impl Dialer {
+    fn addr_for(target: Target, uri: &Uri) -> Result<DialTarget, DialError> {
+        match target {
+            Target::Fixed(addr) => Ok(DialTarget::Addr(addr)),
+            Target::FromUri => {
+                let authority = uri
+                    .authority()
+                    .ok_or_else(|| DialError::NoAddress(uri.to_string()))?;
+                let port = authority.port_u16().unwrap_or(80);
+                let host = authority
+                    .host()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                match host.parse() {
+                    Ok(ip) => Ok(DialTarget::Addr(SocketAddr::new(ip, port))),
+                    Err(_) => Ok(DialTarget::Name(format!("{host}:{port}"))),
+                }
+            }
+        }
+    }
+}
+
+enum DialTarget {
+    Addr(SocketAddr),
+    Name(String),
+}
+
+impl tower::Service<Uri> for Dialer {
+    type Response = TokioIo<TcpStream>;
+    type Error = DialError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, DialError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), DialError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let target = Self::addr_for(self.target, &uri);
+        Box::pin(async move {
+            let addr = match target? {
+                DialTarget::Addr(addr) => addr,
+                DialTarget::Name(name) => tokio::net::lookup_host(&name)
+                    .await
+                    .ok()
+                    .and_then(|mut addrs| addrs.next())
+                    .ok_or_else(|| DialError::Connect {
+                        addr: name.clone(),
+                        reason: "no such host".to_owned(),
+                    })?,
+            };
+            let stream = dial_with_backoff(addr).await?;
+            let _ = stream.set_nodelay(true);
+            let sock = socket2::SockRef::from(&stream);
+            let _ = sock.set_tcp_keepalive(
+                &socket2::TcpKeepalive::new()
+                    .with_time(TCP_KEEPALIVE)
+                    .with_interval(TCP_KEEPALIVE),
+            );
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
+
+/// Knative's dial loop: the first attempt may take 50 ms, each later one 1.4×
+/// longer (up to 15 retries, 30–60 ms apart); only timeouts are retried.
+async fn dial_with_backoff(addr: SocketAddr) -> Result<TcpStream, DialError> {
+    const FIRST_ATTEMPT: Duration = Duration::from_millis(50);
+    const RETRIES: u32 = 15;
+    let start = Instant::now();
+    let mut attempt_timeout = FIRST_ATTEMPT;
+    for attempt in 0..=RETRIES {
+        match tokio::time::timeout(attempt_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(err)) => {
+                return Err(DialError::Connect {
+                    addr: addr.to_string(),
+                    reason: go_error_text(&err),
+                });
+            }
+            Err(_elapsed) if attempt < RETRIES => {
+                let pause = 30 + u64::from(rand_u8() % 31);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                attempt_timeout = attempt_timeout.mul_f64(1.4);
+            }
+            Err(_elapsed) => break,
+        }
+    }
+    Err(DialError::TimedOut {
+        addr: addr.to_string(),
+        secs: start.elapsed().as_secs_f64(),
+    })
+}
+
+fn rand_u8() -> u8 {
+    // Jitter only; the low bits of the clock are random enough and avoid a dependency.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    nanos.to_le_bytes()[1]
+}
+
+/// Go spells common socket errors differently from Rust's `io::Error` Display.
+fn go_error_text(err: &std::io::Error) -> String {
+    match err.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+        std::io::ErrorKind::ConnectionReset => "connection reset by peer".to_owned(),
+        std::io::ErrorKind::AddrNotAvailable => "cannot assign requested address".to_owned(),
+        _ => err.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn refused_dial_reads_like_go() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let dialer = Dialer {
+            target: Target::Fixed(addr),
+        };
+        let err = dialer
+            .oneshot(Uri::from_static("http://example.com/"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("dial tcp {addr}: connect: connection refused")
+        );
+    }
+
+    #[tokio::test]
+    async fn dials_uri_authority() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let dialer = Dialer {
+            target: Target::FromUri,
+        };
+        let uri: Uri = format!("http://{addr}/x").parse().unwrap();
+        let (conn, accepted) = tokio::join!(dialer.oneshot(uri), listener.accept());
+        assert!(conn.is_ok());
+        assert!(accepted.is_ok());
+    }
+}
