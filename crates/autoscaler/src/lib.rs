@@ -31,6 +31,8 @@ pub use aggregation::{Buckets, MaxWindow};
 pub use annotations::RevisionAnnotations;
 pub use config::{Config, ConfigError};
 pub use decider::{Decider, DeciderStatus, NoData, Observation, ScaleResult};
-pub use reconciler::{Activity, PaStatus, PodAutoscaler, ReconcileInput, ReplicaDecision};
+pub use reconciler::{
+    Activity, PaStatus, PodAutoscaler, ReconcileInput, ReplicaDecision, decide_replicas,
+};
 pub use spec::{AggregationAlgorithm, DeciderSpec, KpaParams, ScalingMetric};
 pub use time::Timestamp;

@@ -10,7 +10,9 @@
 use std::time::Duration;
 
 use crate::annotations::RevisionAnnotations;
-use crate::config::{BUCKET_SIZE, Config, DEFAULT_PROGRESS_DEADLINE, TARGET_MIN};
+use crate::config::{
+    BUCKET_SIZE, Config, DEFAULT_PROGRESS_DEADLINE, TARGET_MIN, WINDOW_MAX, WINDOW_MIN,
+};
 
 /// Extra wait past the progress deadline before giving up on activation.
 pub const ACTIVATION_TIMEOUT_BUFFER: Duration = Duration::from_secs(30);
@@ -165,7 +167,7 @@ impl DeciderSpec {
         if let Some(percentage) = annotations.target_utilization_percentage {
             utilization = percentage / 100.0;
         }
-        let stable_window = annotations.window.unwrap_or(config.stable_window);
+        let stable_window = stable_window(config, annotations);
         let panic_percentage = annotations
             .panic_window_percentage
             .unwrap_or(config.panic_window_percentage);
@@ -216,7 +218,7 @@ impl KpaParams {
             initial_scale: initial_scale(config, annotations),
             reachable,
             enable_scale_to_zero: config.enable_scale_to_zero,
-            stable_window: annotations.window.unwrap_or(config.stable_window),
+            stable_window: stable_window(config, annotations),
             scale_to_zero_grace_period: config.scale_to_zero_grace_period,
             scale_to_zero_pod_retention: if reachable {
                 annotations
@@ -241,6 +243,15 @@ fn initial_scale(config: &Config, annotations: &RevisionAnnotations) -> u32 {
         Some(n) => n,
         None => config.initial_scale,
     }
+}
+
+/// The `window` annotation, else the config value. Knative's webhook
+/// rejects annotation windows outside [6 s, 1 h]; without a webhook we clamp
+/// them, which also bounds the bucket memory.
+fn stable_window(config: &Config, annotations: &RevisionAnnotations) -> Duration {
+    annotations
+        .window
+        .map_or(config.stable_window, |w| w.clamp(WINDOW_MIN, WINDOW_MAX))
 }
 
 /// `stable × percentage / 100`, rounded to whole seconds, at least one bucket.
@@ -308,6 +319,8 @@ mod tests {
         assert!(s.scrape_pods);
         assert_eq!(s.aggregation, AggregationAlgorithm::Linear);
 
+        assert_eq!(spec(&[("window", "1s")], 0).stable_window, WINDOW_MIN);
+        assert_eq!(spec(&[("window", "100h")], 0).stable_window, WINDOW_MAX);
         let s = spec(&[("window", "7s"), ("panic-window-percentage", "10")], 0);
         assert_eq!(
             s.panic_window,

@@ -135,7 +135,8 @@ mod tests {
     fn config_defaults_and_overrides() {
         let c = HelloConfig::from_env(env(&[])).unwrap();
         assert_eq!((c.addr.port(), c.target.as_str()), (8080, "World"));
-        let c = HelloConfig::from_env(env(&[("PORT", "9000"), ("TARGET", "Go Sample v2")])).unwrap();
+        let c =
+            HelloConfig::from_env(env(&[("PORT", "9000"), ("TARGET", "Go Sample v2")])).unwrap();
         assert_eq!((c.addr.port(), c.target.as_str()), (9000, "Go Sample v2"));
         let err = HelloConfig::from_env(env(&[("PORT", "http")])).unwrap_err();
         assert_eq!(err.to_string(), "PORT=\"http\" is not a port number");
@@ -164,7 +165,10 @@ mod tests {
                 .unwrap();
             let res = sender.send_request(req).await.unwrap();
             assert_eq!(res.status(), 200);
-            assert_eq!(res.headers()[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+            assert_eq!(
+                res.headers()[header::CONTENT_TYPE],
+                "text/plain; charset=utf-8"
+            );
             let body = res.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(body, "Hello Go Sample v1!\n");
         }

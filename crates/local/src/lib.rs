@@ -41,7 +41,6 @@
 //!     match watcher.next().await {
 //!         Reload::Applied { model, changes } => { /* swap the model in, start/stop revisions */ }
 //!         Reload::Rejected(err) => { /* log it; keep serving the old model */ }
-//!         _ => {}
 //!     }
 //! }
 //! # }
@@ -54,6 +53,7 @@ pub mod config;
 pub mod hello;
 pub mod manifest;
 pub mod model;
+pub mod plane;
 pub mod revision;
 pub mod route;
 pub mod status;

@@ -165,7 +165,11 @@ pub fn render(report: &StatusReport) -> String {
             }
             let _ = writeln!(out, "  {share}  {name} [{}]", r.generation);
             let _ = writeln!(out, "         Command:   {}", r.command.join(" "));
-            let _ = writeln!(out, "         Replicas:  {}/{}", r.ready_replicas, r.desired_replicas);
+            let _ = writeln!(
+                out,
+                "         Replicas:  {}/{}",
+                r.ready_replicas, r.desired_replicas
+            );
         }
         let _ = writeln!(out, "\nConditions:\n  OK TYPE                 REASON");
         for c in &s.conditions {
@@ -174,7 +178,12 @@ pub fn render(report: &StatusReport) -> String {
                 "False" => "!!",
                 _ => "??",
             };
-            let _ = writeln!(out, "  {ok} {:<20} {}", c.kind, c.reason.as_deref().unwrap_or(""));
+            let _ = writeln!(
+                out,
+                "  {ok} {:<20} {}",
+                c.kind,
+                c.reason.as_deref().unwrap_or("")
+            );
         }
     }
     out
@@ -191,22 +200,44 @@ mod tests {
 
     #[test]
     fn describes_the_traffic_split_example() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/local/traffic-split.yaml");
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/local/traffic-split.yaml");
         let docs = load_paths(&[path]).unwrap();
-        let opts = Options { domain: None, self_exe: "/bin/kdp".into() };
+        let opts = Options {
+            domain: None,
+            self_exe: "/bin/kdp".into(),
+        };
         let model = Model::build(&docs, &mut RevisionHistory::default(), &opts).unwrap();
         let report = StatusReport::from_model(&model);
         let s = &report.services[0];
         assert_eq!(s.latest_created, "helloworld-go-v2");
         assert_eq!(s.revisions[0].name, "helloworld-go-v2");
-        assert_eq!((s.revisions[0].percent, s.revisions[0].tags.clone()), (80, vec!["v2".to_owned(), "latest".to_owned()]));
+        assert_eq!(
+            (s.revisions[0].percent, s.revisions[0].tags.clone()),
+            (80, vec!["v2".to_owned(), "latest".to_owned()])
+        );
         assert!(s.revisions[0].latest_revision);
-        assert_eq!((s.revisions[1].percent, s.revisions[1].tags.clone()), (20, vec!["v1".to_owned()]));
+        assert_eq!(
+            (s.revisions[1].percent, s.revisions[1].tags.clone()),
+            (20, vec!["v1".to_owned()])
+        );
         let text = render(&report);
-        assert!(text.contains("URL:        http://helloworld-go.default.example.com\n"), "{text}");
-        assert!(text.contains("   80%  #v2 #latest @latest (helloworld-go-v2) (latest created) [2]\n"), "{text}");
-        assert!(text.contains("   20%  #v1 helloworld-go-v1 [1]\n"), "{text}");
-        assert!(text.contains("         Command:   /bin/kdp hello\n"), "{text}");
+        assert!(
+            text.contains("URL:        http://helloworld-go.default.example.com\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("   80%  #v2 #latest @latest (helloworld-go-v2) (latest created) [2]\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("   20%  #v1 helloworld-go-v1 [1]\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("         Command:   /bin/kdp hello\n"),
+            "{text}"
+        );
         let json = serde_json::to_string(&report).unwrap();
         let back: StatusReport = serde_json::from_str(&json).unwrap();
         assert_eq!(back, report);

@@ -306,7 +306,11 @@ struct Supervise {
 }
 
 impl Supervise {
-    async fn run(self, mut child: Child, mut stop: oneshot::Receiver<Duration>) -> Option<ExitStatus> {
+    async fn run(
+        self,
+        mut child: Child,
+        mut stop: oneshot::Receiver<Duration>,
+    ) -> Option<ExitStatus> {
         let label = &self.spec.label;
         let mut attempt = 0u32;
         loop {
@@ -422,10 +426,20 @@ fn start(spec: &ProcessSpec, output: &Output) -> std::io::Result<Child> {
     cmd.stdout(pipe()).stderr(pipe());
     let mut child = cmd.spawn()?;
     if let Some(out) = child.stdout.take() {
-        tokio::spawn(pump(out, spec.label.clone(), Stream::Stdout, output.clone()));
+        tokio::spawn(pump(
+            out,
+            spec.label.clone(),
+            Stream::Stdout,
+            output.clone(),
+        ));
     }
     if let Some(err) = child.stderr.take() {
-        tokio::spawn(pump(err, spec.label.clone(), Stream::Stderr, output.clone()));
+        tokio::spawn(pump(
+            err,
+            spec.label.clone(),
+            Stream::Stderr,
+            output.clone(),
+        ));
     }
     Ok(child)
 }
@@ -468,7 +482,11 @@ async fn pump(stream: impl AsyncRead + Unpin, label: String, which: Stream, outp
 /// Signals a process group; pid 0 (nothing running) and pid 1 are never signalled, and a group
 /// that is already gone is not an error.
 fn kill_group(pid: u32, signal: Signal) {
-    let Some(pid) = i32::try_from(pid).ok().filter(|p| *p > 1).and_then(Pid::from_raw) else {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .filter(|p| *p > 1)
+        .and_then(Pid::from_raw)
+    else {
         return;
     };
     let _ = kill_process_group(pid, signal);

@@ -30,7 +30,6 @@ pub struct Loader {
 
 /// The outcome of one (re)load.
 #[derive(Debug)]
-#[non_exhaustive]
 pub enum Reload {
     /// The files were valid: the new model and how it differs from the previous one.
     Applied {
@@ -176,7 +175,9 @@ mod tests {
 
     fn applied(r: Reload) -> (Arc<Model>, Vec<String>) {
         match r {
-            Reload::Applied { model, changes } => (model, changes.iter().map(ToString::to_string).collect()),
+            Reload::Applied { model, changes } => {
+                (model, changes.iter().map(ToString::to_string).collect())
+            }
             Reload::Rejected(err) => panic!("rejected: {err}"),
         }
     }
@@ -193,12 +194,25 @@ mod tests {
         std::fs::write(&file, SVC.replace("T1", "T2")).unwrap();
         let (m2, changes) = applied(w.next().await);
         assert_eq!(m2.services[0].latest_created.name, "hello-00002");
-        assert!(changes.contains(&"revision default/hello-00002 created".to_owned()), "{changes:?}");
+        assert!(
+            changes.contains(&"revision default/hello-00002 created".to_owned()),
+            "{changes:?}"
+        );
 
         std::fs::write(&file, "apiVersion: [").unwrap();
-        let Reload::Rejected(err) = w.next().await else { panic!("expected a rejection") };
-        assert!(err.to_string().contains("hello.yaml: invalid YAML"), "{err}");
-        assert_eq!(w.loader().current().unwrap().services[0].latest_created.name, "hello-00002");
+        let Reload::Rejected(err) = w.next().await else {
+            panic!("expected a rejection")
+        };
+        assert!(
+            err.to_string().contains("hello.yaml: invalid YAML"),
+            "{err}"
+        );
+        assert_eq!(
+            w.loader().current().unwrap().services[0]
+                .latest_created
+                .name,
+            "hello-00002"
+        );
 
         // Restoring the good content applies with no new revision.
         std::fs::write(&file, SVC.replace("T1", "T2")).unwrap();
@@ -207,7 +221,11 @@ mod tests {
         assert_eq!(changes, Vec::<String>::new());
 
         // A new file in the folder is picked up.
-        std::fs::write(dir.join("other.yaml"), SVC.replace("name: hello", "name: other")).unwrap();
+        std::fs::write(
+            dir.join("other.yaml"),
+            SVC.replace("name: hello", "name: other"),
+        )
+        .unwrap();
         let (m4, _) = applied(w.next().await);
         assert_eq!(m4.services.len(), 2);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -216,7 +234,9 @@ mod tests {
     #[test]
     fn missing_path_is_rejected() {
         let mut loader = Loader::new(vec!["/nonexistent/kdp.yaml".into()], options());
-        let Reload::Rejected(err) = loader.load() else { panic!("expected a rejection") };
+        let Reload::Rejected(err) = loader.load() else {
+            panic!("expected a rejection")
+        };
         assert_eq!(err.to_string(), "/nonexistent/kdp.yaml: cannot read");
         assert!(loader.current().is_none());
     }

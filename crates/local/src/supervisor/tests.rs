@@ -32,24 +32,34 @@ fn sh_with(script: &str, policy: RestartPolicy, env: Vec<(String, String)>) -> H
         working_dir: None,
     };
     let replica = Replica::spawn(spec, policy, Output::Capture(ltx), etx).unwrap();
-    Harness { events, lines, replica }
+    Harness {
+        events,
+        lines,
+        replica,
+    }
 }
 
 async fn line(h: &mut Harness) -> String {
     let next = tokio::time::timeout(Duration::from_secs(5), h.lines.recv()).await;
-    next.expect("a line within 5 s").expect("output channel open").line
+    next.expect("a line within 5 s")
+        .expect("output channel open")
+        .line
 }
 
 async fn event(h: &mut Harness) -> ProcessEvent {
     let next = tokio::time::timeout(Duration::from_secs(5), h.events.recv()).await;
-    next.expect("an event within 5 s").expect("event channel open")
+    next.expect("an event within 5 s")
+        .expect("event channel open")
 }
 
 /// Whether a pid is gone (or a zombie about to be reaped by init).
 fn gone(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
     }
 }
 
@@ -65,8 +75,15 @@ async fn assert_gone(pid: u32) {
 
 #[tokio::test]
 async fn output_is_prefixed_and_env_is_passed() {
-    let env = vec![("PORT".to_owned(), "4242".to_owned()), ("K_REVISION".to_owned(), "hello-00001".to_owned())];
-    let mut h = sh_with("echo port=$PORT rev=$K_REVISION; echo oops >&2; sleep 10", fast(), env);
+    let env = vec![
+        ("PORT".to_owned(), "4242".to_owned()),
+        ("K_REVISION".to_owned(), "hello-00001".to_owned()),
+    ];
+    let mut h = sh_with(
+        "echo port=$PORT rev=$K_REVISION; echo oops >&2; sleep 10",
+        fast(),
+        env,
+    );
     let mut got = vec![line(&mut h).await, line(&mut h).await];
     got.sort();
     assert_eq!(got, ["oops", "port=4242 rev=hello-00001"]);
@@ -77,7 +94,13 @@ async fn output_is_prefixed_and_env_is_passed() {
 
 #[tokio::test]
 async fn crashes_restart_with_backoff_then_give_up() {
-    let mut h = sh("echo run; exit 3", RestartPolicy { max_restarts: Some(2), ..fast() });
+    let mut h = sh(
+        "echo run; exit 3",
+        RestartPolicy {
+            max_restarts: Some(2),
+            ..fast()
+        },
+    );
     let mut exits = 0;
     let mut restarts = Vec::new();
     loop {
@@ -86,7 +109,9 @@ async fn crashes_restart_with_backoff_then_give_up() {
                 assert_eq!(status.code(), Some(3));
                 exits += 1;
             }
-            ProcessEvent::Restarting { attempt, backoff, .. } => restarts.push((attempt, backoff)),
+            ProcessEvent::Restarting {
+                attempt, backoff, ..
+            } => restarts.push((attempt, backoff)),
             ProcessEvent::GaveUp { restarts: n, .. } => {
                 assert_eq!(n, 2);
                 break;
@@ -96,7 +121,13 @@ async fn crashes_restart_with_backoff_then_give_up() {
         }
     }
     assert_eq!(exits, 3);
-    assert_eq!(restarts, [(1, Duration::from_millis(10)), (2, Duration::from_millis(20))]);
+    assert_eq!(
+        restarts,
+        [
+            (1, Duration::from_millis(10)),
+            (2, Duration::from_millis(20))
+        ]
+    );
     for _ in 0..3 {
         assert_eq!(line(&mut h).await, "run");
     }
@@ -106,11 +137,17 @@ async fn crashes_restart_with_backoff_then_give_up() {
 
 #[tokio::test]
 async fn sigterm_lets_the_child_exit_cleanly() {
-    let mut h = sh("trap 'echo bye; exit 0' TERM; echo ready; while true; do sleep 0.01; done", fast());
+    let mut h = sh(
+        "trap 'echo bye; exit 0' TERM; echo ready; while true; do sleep 0.01; done",
+        fast(),
+    );
     assert_eq!(line(&mut h).await, "ready");
     let status = h.replica.stop(Duration::from_secs(5)).await.unwrap();
     assert_eq!(status.code(), Some(0));
-    let bye = tokio::time::timeout(Duration::from_secs(5), h.lines.recv()).await.unwrap().unwrap();
+    let bye = tokio::time::timeout(Duration::from_secs(5), h.lines.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(bye.line, "bye");
     let mut stopped = false;
     while let Ok(ev) = h.events.try_recv() {
@@ -124,7 +161,10 @@ async fn sigterm_lets_the_child_exit_cleanly() {
 
 #[tokio::test]
 async fn sigkill_after_grace() {
-    let mut h = sh("trap '' TERM; echo ready; while true; do sleep 0.01; done", fast());
+    let mut h = sh(
+        "trap '' TERM; echo ready; while true; do sleep 0.01; done",
+        fast(),
+    );
     assert_eq!(line(&mut h).await, "ready");
     let status = h.replica.stop(Duration::from_millis(100)).await.unwrap();
     assert_eq!(status.signal(), Some(9));
@@ -141,7 +181,13 @@ async fn stop_leaves_no_grandchildren() {
 
 #[tokio::test]
 async fn crash_takes_grandchildren_down() {
-    let mut h = sh("sleep 1000 & echo $!; sleep 0.1; exit 1", RestartPolicy { max_restarts: Some(0), ..fast() });
+    let mut h = sh(
+        "sleep 1000 & echo $!; sleep 0.1; exit 1",
+        RestartPolicy {
+            max_restarts: Some(0),
+            ..fast()
+        },
+    );
     let grandchild: u32 = line(&mut h).await.parse().unwrap();
     loop {
         if let ProcessEvent::GaveUp { .. } = event(&mut h).await {
@@ -186,8 +232,20 @@ async fn working_dir_is_honoured() {
         env: vec![],
         working_dir: Some("/".into()),
     };
-    let _replica = Replica::spawn(spec, RestartPolicy { max_restarts: Some(0), ..fast() }, Output::Capture(ltx), etx).unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), lines.recv()).await.unwrap().unwrap();
+    let _replica = Replica::spawn(
+        spec,
+        RestartPolicy {
+            max_restarts: Some(0),
+            ..fast()
+        },
+        Output::Capture(ltx),
+        etx,
+    )
+    .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), lines.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got.line, "/");
 }
 
@@ -195,15 +253,22 @@ async fn working_dir_is_honoured() {
 fn backoff_doubles_up_to_the_cap() {
     let p = RestartPolicy::default();
     let ms = |n| p.backoff(n).as_millis();
-    assert_eq!((ms(1), ms(2), ms(3), ms(7), ms(8), ms(100)), (100, 200, 400, 6400, 10_000, 10_000));
+    assert_eq!(
+        (ms(1), ms(2), ms(3), ms(7), ms(8), ms(100)),
+        (100, 200, 400, 6400, 10_000, 10_000)
+    );
 }
 
 #[tokio::test]
 async fn wait_listening_sees_a_listener() {
     let port = free_port().unwrap();
-    let err = wait_listening(port, Duration::from_millis(30)).await.unwrap_err();
+    let err = wait_listening(port, Duration::from_millis(30))
+        .await
+        .unwrap_err();
     assert_eq!(err.port, port);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
     wait_listening(port, Duration::from_secs(1)).await.unwrap();
     drop(listener);
 }
