@@ -1,0 +1,1 @@
+//! The activator (being written).

@@ -1,0 +1,1 @@
+//! Kubernetes reflectors for the activator (being written).
