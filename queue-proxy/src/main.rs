@@ -9,7 +9,7 @@ fn main() {
         Ok(config) => config,
         Err(err) => {
             eprint_line(&err.to_string());
-            std::process::exit(EX_USAGE);
+            std::process::exit(i32::from(EX_USAGE));
         }
     };
     kdp_core::log::init(&config.log_level);
@@ -35,7 +35,7 @@ fn main() {
             Ok(app) => app,
             Err(err) => {
                 eprint_line(&kdp_core::ErrorChain(&err).to_string());
-                return EX_USAGE;
+                return i32::from(EX_USAGE);
             }
         };
         app.run(async {

@@ -43,7 +43,7 @@ pub enum EnvError {
 }
 
 /// Exit code for bad configuration (`EX_USAGE` from sysexits.h).
-pub const EX_USAGE: i32 = 64;
+pub const EX_USAGE: u8 = 64;
 
 // === impl Env ===
 

@@ -113,7 +113,7 @@ fn main() -> ExitCode {
     }
 }
 
-const EX_USAGE: u8 = 64;
+use kdp_core::env::EX_USAGE;
 
 fn parse(args: &[String]) -> anyhow::Result<Cli> {
     let mut it = args.iter().map(String::as_str);

@@ -1,6 +1,11 @@
 //! The `kdp` binary end to end: the bundled app under the supervisor, and `kdp run` refusing
 //! bad manifests before it opens any port.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers outside #[test] fns; a panic is the failure report"
+)]
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;

@@ -15,3 +15,4 @@ pub mod request_log;
 pub mod respond;
 pub mod serve;
 pub mod timeout;
+pub mod tls;

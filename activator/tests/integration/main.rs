@@ -1,0 +1,433 @@
+//! The activator seen from outside: the fake API server for Kubernetes, the
+//! fake autoscaler for stats, fake queue-proxy pods on 127.0.0.x addresses.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    reason = "test code"
+)]
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use kdp_activator::env::Config;
+use kdp_activator::{App, Listeners, cluster};
+use kdp_test_support::upstream::served_by;
+use kdp_test_support::{FakeApiServer, FakeAutoscaler, FakePod};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+struct Harness {
+    addr: std::net::SocketAddr,
+    api: FakeApiServer,
+    autoscaler: FakeAutoscaler,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+async fn start(extra: &[(&str, &str)]) -> Harness {
+    let api = FakeApiServer::start().await;
+    let autoscaler = FakeAutoscaler::start().await;
+    let url = autoscaler.url();
+    let mut env: HashMap<String, String> = [
+        ("POD_NAME", "activator-abc"),
+        ("POD_IP", "127.0.0.1"),
+        ("SYSTEM_NAMESPACE", "knative-serving"),
+        ("KDP_DRAIN_TIMEOUT", "100ms"),
+        ("PROBE_FREQUENCY", "50ms"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    env.insert("KDP_AUTOSCALER_URL".into(), url);
+    for (k, v) in extra {
+        env.insert((*k).into(), (*v).into());
+    }
+    let config = Config::from_env(&env, None).unwrap();
+    let listeners = Listeners {
+        http1: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        h2c: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    };
+    let app = App::build(config, listeners);
+    let addr = app.http1_addr().unwrap();
+    let client =
+        kdp_k8s::kube::Client::try_from(kdp_k8s::kube::Config::new(api.url().parse().unwrap()))
+            .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        cluster::start(client, app.cluster_targets()),
+    )
+    .await
+    .expect("caches sync");
+    let (tx, rx) = oneshot::channel();
+    let done = tokio::spawn(app.run(async {
+        let _ = rx.await;
+    }));
+    Harness {
+        addr,
+        api,
+        autoscaler,
+        stop: Some(tx),
+        done,
+    }
+}
+
+fn revision(name: &str, cc: i64, timeout: i64) -> serde_json::Value {
+    json!({
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Revision",
+        "metadata": {"name": name, "namespace": "default",
+                     "labels": {"serving.knative.dev/service": "hello", "serving.knative.dev/configuration": "hello"}},
+        "spec": {"containerConcurrency": cc, "timeoutSeconds": timeout,
+                 "containers": [{"image": "x", "ports": [{"name": "http1", "containerPort": 8080}]}]}
+    })
+}
+
+fn private_endpoints(rev: &str, pods: &[&FakePod]) -> serde_json::Value {
+    let subsets: Vec<_> = pods
+        .iter()
+        .map(|p| {
+            json!({"addresses": [{"ip": p.addr().ip().to_string()}],
+                   "ports": [{"name": "http", "port": p.addr().port()}]})
+        })
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Endpoints",
+        "metadata": {"name": format!("{rev}-private"), "namespace": "default",
+                     "labels": {"serving.knative.dev/revision": rev,
+                                "serving.knative.dev/revisionUID": "uid-1",
+                                "networking.internal.knative.dev/serviceType": "Private"}},
+        "subsets": subsets
+    })
+}
+
+struct Got {
+    status: u16,
+    headers: http::HeaderMap,
+    body: String,
+}
+
+async fn send(addr: std::net::SocketAddr, headers: &[(&str, &str)]) -> Got {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let mut b = Request::get(format!("http://{addr}/path?x=1"));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let rsp = client
+        .request(b.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let status = rsp.status().as_u16();
+    let headers = rsp.headers().clone();
+    let body = rsp.into_body().collect().await.unwrap().to_bytes();
+    Got {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+const REV: [(&str, &str); 2] = [
+    ("knative-serving-namespace", "default"),
+    ("knative-serving-revision", "hello-00001"),
+];
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::from([127, 0, 0, last])
+}
+
+#[tokio::test]
+async fn health_follows_the_autoscaler_connection() {
+    let h = start(&[]).await;
+    h.autoscaler
+        .wait_for_connections(1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut ok = false;
+    for _ in 0..100 {
+        if send(h.addr, &[("user-agent", "kube-probe/1.30")])
+            .await
+            .status
+            == 200
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok, "healthy once connected");
+    h.autoscaler.kill();
+    let mut unhealthy = None;
+    for _ in 0..200 {
+        let got = send(h.addr, &[("user-agent", "kube-probe/1.30")]).await;
+        if got.status == 500 {
+            unhealthy = Some(got.body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        unhealthy.as_deref(),
+        Some("connection has not yet been established\n")
+    );
+    h.autoscaler.restart().unwrap();
+    h.autoscaler
+        .wait_for_connections(2, Duration::from_secs(10))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn probes_are_answered_without_a_revision() {
+    let h = start(&[]).await;
+    let got = send(
+        h.addr,
+        &[
+            ("k-network-probe", "activator"),
+            ("user-agent", "Knative-Autoscaling-Probe"),
+        ],
+    )
+    .await;
+    assert_eq!((got.status, got.body.as_str()), (200, "activator"));
+    let got = send(h.addr, &[("k-network-probe", "queue")]).await;
+    assert_eq!(
+        (got.status, got.body.as_str()),
+        (400, "unexpected probe header value: \"queue\"\n")
+    );
+    let got = send(
+        h.addr,
+        &[("k-network-probe", "probe"), ("k-network-hash", "h1")],
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.headers["k-network-hash"], "h1");
+    let got = send(h.addr, &[("k-network-probe", "probe")]).await;
+    assert_eq!(
+        got.body,
+        "a probe request must contain a non-empty \"K-Network-Hash\" header\n"
+    );
+}
+
+#[tokio::test]
+async fn unknown_revision_is_404() {
+    let h = start(&[]).await;
+    let got = send(
+        h.addr,
+        &[
+            ("knative-serving-namespace", "default"),
+            ("knative-serving-revision", "fooname"),
+        ],
+    )
+    .await;
+    assert_eq!(got.status, 404);
+    assert_eq!(
+        got.body,
+        "Error getting active endpoint: revision.serving.knative.dev \"fooname\" not found\n"
+    );
+}
+
+#[tokio::test]
+async fn scale_from_zero_holds_pokes_and_releases() {
+    let h = start(&[]).await;
+    h.autoscaler
+        .wait_for_connections(1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    h.api.apply(revision("hello-00001", 0, 300));
+    h.api.apply(private_endpoints("hello-00001", &[]));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let addr = h.addr;
+    let held: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(async move { send(addr, &REV).await }))
+        .collect();
+    // The poke goes out at once, while the requests are still held.
+    let frames = h
+        .autoscaler
+        .wait_for_frames(1, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let stat = frames[0].message.messages[0].stat.clone().unwrap();
+    assert_eq!(frames[0].message.messages[0].name, "hello-00001");
+    assert_eq!(
+        (stat.average_concurrent_requests, stat.request_count),
+        (1.0, 1.0)
+    );
+    assert_eq!(stat.pod_name, "activator-abc");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        held.iter().all(|t| !t.is_finished()),
+        "held while no pod is ready"
+    );
+
+    let pod = FakePod::start("pod-a", ip(2)).unwrap();
+    h.api.apply(private_endpoints("hello-00001", &[&pod]));
+    for t in held {
+        let got = tokio::time::timeout(Duration::from_secs(5), t)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.status, 200);
+        assert_eq!(served_by_name(&got), Some("pod-a"));
+    }
+    let seen = pod.served();
+    assert_eq!(seen.len(), 3);
+    let headers = &seen[0].headers;
+    assert_eq!(headers["k-proxy-request"], "activator");
+    assert_eq!(headers["host"], pod.addr().to_string());
+    assert!(headers.get("k-original-host").is_some());
+    assert!(headers.get("knative-serving-revision").is_none());
+    assert!(pod.probes() >= 1, "the pod was probed before traffic");
+}
+
+fn served_by_name(got: &Got) -> Option<&str> {
+    got.headers
+        .get(kdp_test_support::upstream::POD_HEADER)
+        .and_then(|v| v.to_str().ok())
+}
+
+#[tokio::test]
+async fn cc1_spreads_over_distinct_pods() {
+    let h = start(&[]).await;
+    let pods: Vec<FakePod> = (0..5)
+        .map(|i| FakePod::start(format!("pod-{i}"), ip(10 + i)).unwrap())
+        .collect();
+    for p in &pods {
+        p.set_delay(Duration::from_millis(300));
+    }
+    h.api.apply(revision("hello-00001", 1, 300));
+    h.api.apply(private_endpoints(
+        "hello-00001",
+        &pods.iter().collect::<Vec<_>>(),
+    ));
+    // Wait until every pod has been probed healthy.
+    for _ in 0..200 {
+        if pods.iter().all(|p| p.probes() > 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let addr = h.addr;
+    let tasks: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(async move { send(addr, &REV).await }))
+        .collect();
+    let mut names = std::collections::BTreeSet::new();
+    for t in tasks {
+        let got = t.await.unwrap();
+        assert_eq!(got.status, 200);
+        names.insert(served_by_name(&got).unwrap().to_owned());
+    }
+    assert_eq!(
+        names.len(),
+        5,
+        "each concurrent request on its own pod: {names:?}"
+    );
+    let _ = served_by::<()>;
+}
+
+#[tokio::test]
+async fn queue_full_is_503_with_retry_after() {
+    let h = start(&[("KDP_MAX_QUEUED_PER_REVISION", "2")]).await;
+    h.api.apply(revision("hello-00001", 0, 300));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let addr = h.addr;
+    let held: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(async move { send(addr, &REV).await }))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let got = send(h.addr, &REV).await;
+    assert_eq!(
+        (got.status, got.body.as_str()),
+        (503, "pending request queue full\n")
+    );
+    assert_eq!(got.headers["retry-after"], "1");
+    for t in held {
+        t.abort();
+    }
+    // Clients that went away free their places at once.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pod = FakePod::start("pod-a", ip(3)).unwrap();
+    h.api.apply(private_endpoints("hello-00001", &[&pod]));
+    let got = send(h.addr, &REV).await;
+    assert_eq!(got.status, 200);
+}
+
+#[tokio::test]
+async fn held_past_the_revision_timeout_is_504() {
+    let h = start(&[]).await;
+    h.api.apply(revision("hello-00001", 0, 1));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let got = send(h.addr, &REV).await;
+    assert_eq!(
+        (got.status, got.body.as_str()),
+        (504, "activator request timeout")
+    );
+}
+
+#[tokio::test]
+async fn ticks_report_concurrency_every_second() {
+    let h = start(&[]).await;
+    h.autoscaler
+        .wait_for_connections(1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let pod = FakePod::start("pod-a", ip(4)).unwrap();
+    h.api.apply(revision("hello-00001", 0, 300));
+    h.api.apply(private_endpoints("hello-00001", &[&pod]));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    send(h.addr, &REV).await;
+    let frames = h
+        .autoscaler
+        .wait_for_frames(2, Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert!(
+        frames
+            .iter()
+            .all(|f| f.message.messages.iter().all(|m| m.stat.is_some()))
+    );
+}
+
+#[tokio::test]
+async fn drain_keeps_serving_then_stops() {
+    let mut h = start(&[]).await;
+    let pod = FakePod::start("pod-a", ip(5)).unwrap();
+    h.api.apply(revision("hello-00001", 0, 300));
+    h.api.apply(private_endpoints("hello-00001", &[&pod]));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = h.stop.take().unwrap().send(());
+    let probe = send(h.addr, &[("user-agent", "kube-probe/1.30")]).await;
+    assert_eq!(
+        (probe.status, probe.body.as_str()),
+        (500, "received SIGTERM from kubelet\n")
+    );
+    assert_eq!(
+        send(h.addr, &REV).await.status,
+        200,
+        "traffic still served while draining"
+    );
+    tokio::time::timeout(Duration::from_secs(5), &mut h.done)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[test]
+fn bad_env_exits_64() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_activator"))
+        .env_clear()
+        .env("POD_NAME", "a")
+        .env("SYSTEM_NAMESPACE", "knative-serving")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("POD_IP"));
+}

@@ -1,0 +1,492 @@
+//! One benchmark run: start the upstream and every target, run interleaved
+//! rounds of every workload, then the cost and cold start figures.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::process::Command;
+use tokio::time::Instant;
+
+use crate::load::{self, LoadSpec, Mode};
+use crate::procs::{self, Managed, Usage, free_port};
+use crate::stats::{Agg, RunStats};
+use crate::targets::{Binaries, HOST, Kind, Target, describe_failure, loopback, wait_ready};
+use crate::{cold, report};
+
+/// Command-line options of a suite run.
+#[derive(Clone, Debug)]
+pub(crate) struct Options {
+    pub(crate) quick: bool,
+    pub(crate) rounds: Option<usize>,
+    pub(crate) bins: Binaries,
+    pub(crate) manifest: PathBuf,
+    pub(crate) out: PathBuf,
+    pub(crate) cold: bool,
+    /// The command line, for the report.
+    pub(crate) command: String,
+}
+
+/// A load shape run against every target.
+#[derive(Clone, Debug)]
+pub(crate) struct Workload {
+    pub(crate) id: &'static str,
+    pub(crate) title: &'static str,
+    pub(crate) path: &'static str,
+    pub(crate) connections: usize,
+    pub(crate) mode: Mode,
+    pub(crate) duration: Duration,
+    pub(crate) max_requests: u64,
+    /// Left out for `containerConcurrency > 0`, with the reason.
+    pub(crate) skip_limited: Option<&'static str>,
+}
+
+/// Upper bound of requests in a closed-loop run.
+const CLOSED_MAX_REQUESTS: u64 = 5_000_000;
+/// Idle keep-alive connections held open for the memory figure.
+pub(crate) const IDLE_CONNECTIONS: usize = 1000;
+
+fn workloads(quick: bool) -> Vec<Workload> {
+    let secs =
+        |full: f64, quick_s: f64| Duration::from_secs_f64(if quick { quick_s } else { full });
+    let open = |rate: u64, duration: Duration| Workload {
+        id: "",
+        title: "",
+        path: "/",
+        connections: 8,
+        mode: Mode::Open { rate },
+        duration,
+        max_requests: rate * duration.as_secs().max(1) * 2,
+        skip_limited: None,
+    };
+    vec![
+        Workload {
+            id: "tiny_fixed_rate",
+            title: "Tiny responses at 1000 rps (open loop, 8 connections)",
+            ..open(1000, secs(3.0, 0.8))
+        },
+        Workload {
+            id: "max_throughput",
+            title: "Maximum throughput, tiny responses (closed loop, 32 connections)",
+            connections: 32,
+            mode: Mode::Closed,
+            max_requests: CLOSED_MAX_REQUESTS,
+            ..open(1, secs(2.0, 0.8))
+        },
+        Workload {
+            id: "handler_100ms",
+            title: "100 ms handler at 1000 rps (open loop, 200 connections)",
+            path: "/sleep/100",
+            connections: 200,
+            skip_limited: Some(
+                "containerConcurrency 10 caps one pod at 100 rps with a 100 ms handler \
+                 (Knative scales out instead), so this shape is run with cc=0 only",
+            ),
+            ..open(1000, secs(3.0, 1.0))
+        },
+        Workload {
+            id: "stream_64kb",
+            title: "64 KiB streamed responses (closed loop, 8 connections)",
+            path: "/stream/64",
+            mode: Mode::Closed,
+            max_requests: CLOSED_MAX_REQUESTS,
+            ..open(1, secs(2.0, 0.6))
+        },
+    ]
+}
+
+/// Everything a run produced; serialized as the JSON report.
+#[derive(Debug, Serialize)]
+pub(crate) struct Report {
+    pub(crate) started_unix: u64,
+    pub(crate) started: String,
+    pub(crate) mode: &'static str,
+    pub(crate) command: String,
+    pub(crate) machine: serde_json::Value,
+    pub(crate) rounds: usize,
+    pub(crate) targets: Vec<TargetStatus>,
+    pub(crate) workloads: Vec<WorkloadReport>,
+    pub(crate) cost: Vec<Cost>,
+    pub(crate) cold_start: Vec<ColdStart>,
+    pub(crate) design_targets: Vec<report::DesignTarget>,
+    pub(crate) notes: Vec<String>,
+    pub(crate) duration_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct TargetStatus {
+    pub(crate) name: String,
+    pub(crate) ran: bool,
+    pub(crate) note: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct WorkloadReport {
+    pub(crate) id: &'static str,
+    pub(crate) title: &'static str,
+    pub(crate) duration_s: f64,
+    pub(crate) results: Vec<TargetResult>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct TargetResult {
+    pub(crate) target: String,
+    pub(crate) runs: Vec<RunStats>,
+    pub(crate) rps: Option<Agg>,
+    pub(crate) mb_s: Option<Agg>,
+    pub(crate) p50_us: Option<Agg>,
+    pub(crate) p99_us: Option<Agg>,
+    pub(crate) p999_us: Option<Agg>,
+    /// Latency minus direct's in the same round.
+    pub(crate) added_p50_us: Option<Agg>,
+    pub(crate) added_p99_us: Option<Agg>,
+    pub(crate) added_p999_us: Option<Agg>,
+    /// Per-round ratios against direct and nginx.
+    pub(crate) rps_vs_direct: Option<Agg>,
+    pub(crate) rps_vs_nginx: Option<Agg>,
+    pub(crate) p99_vs_nginx: Option<Agg>,
+    pub(crate) cpu_s_per_100k: Option<Agg>,
+    pub(crate) cpu_vs_nginx: Option<Agg>,
+    pub(crate) failed: u64,
+    pub(crate) total: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct Cost {
+    pub(crate) target: String,
+    pub(crate) rss_idle_kib: u64,
+    pub(crate) rss_after_load_kib: u64,
+    pub(crate) peak_hwm_kib: u64,
+    pub(crate) rss_idle_conns_kib: Option<u64>,
+    pub(crate) idle_conns: usize,
+    pub(crate) note: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct ColdStart {
+    pub(crate) id: &'static str,
+    pub(crate) title: &'static str,
+    pub(crate) ms: Option<Agg>,
+    pub(crate) runs_ms: Vec<f64>,
+    pub(crate) note: Option<String>,
+}
+
+/// Runs the suite and writes the report; returns it.
+pub(crate) async fn run(opts: Options) -> anyhow::Result<Report> {
+    let began = Instant::now();
+    let started_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let dir = std::env::temp_dir().join(format!("kdp-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let ticks = procs::clock_ticks() as f64;
+    let rounds = opts.rounds.unwrap_or(if opts.quick { 3 } else { 5 }).max(1);
+    let workloads = workloads(opts.quick);
+    let mut notes = Vec::new();
+
+    let (mut upstream, upstream_addr) = start_upstream(&dir).await?;
+    eprintln!("kdp-bench: upstream on {upstream_addr}");
+
+    let mut targets = Vec::new();
+    let mut statuses = Vec::new();
+    for kind in Kind::all() {
+        match kind.start(&opts.bins, upstream_addr, &dir).await {
+            Ok(t) => {
+                eprintln!("kdp-bench: {} on {}", kind.name(), t.addr);
+                statuses.push(TargetStatus {
+                    name: kind.name(),
+                    ran: true,
+                    note: None,
+                });
+                targets.push(t);
+            }
+            Err(why) => {
+                eprintln!("kdp-bench: skipping {}: {why}", kind.name());
+                statuses.push(TargetStatus {
+                    name: kind.name(),
+                    ran: false,
+                    note: Some(why),
+                });
+            }
+        }
+    }
+
+    // Idle memory, settled, before any load beyond the readiness check.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut costs: Vec<Cost> = targets
+        .iter()
+        .filter(|t| !t.procs.is_empty())
+        .map(|t| Cost {
+            target: t.kind.name(),
+            rss_idle_kib: usage(t).rss_kib,
+            ..Cost::default()
+        })
+        .collect();
+
+    // Warm-up, unrecorded.
+    for t in &targets {
+        let spec = spec_for(&workloads[1], t.addr, Duration::from_millis(300));
+        if let Err(e) = load::run(&spec).await {
+            notes.push(format!("warm-up of {} failed: {e:#}", t.kind.name()));
+        }
+    }
+
+    // Interleaved rounds: every target once per workload per round.
+    let mut runs: Vec<Vec<Vec<RunStats>>> = vec![vec![Vec::new(); targets.len()]; workloads.len()];
+    for round in 0..rounds {
+        eprintln!("kdp-bench: round {}/{rounds}", round + 1);
+        for (wi, w) in workloads.iter().enumerate() {
+            for (ti, t) in targets.iter().enumerate() {
+                if let (Some(why), Kind::QueueProxy { cc }) = (w.skip_limited, t.kind)
+                    && cc > 0
+                {
+                    if round == 0 {
+                        notes.push(format!("{}: {} skipped: {why}", w.id, t.kind.name()));
+                    }
+                    continue;
+                }
+                let spec = spec_for(w, t.addr, w.duration);
+                let before = usage(t);
+                let result = load::run(&spec).await;
+                let after = usage(t);
+                match result {
+                    Ok(r) => {
+                        let cpu = (!t.procs.is_empty()).then(|| {
+                            after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / ticks
+                        });
+                        runs[wi][ti].push(RunStats::new(round, &r, cpu));
+                    }
+                    Err(e) => notes.push(format!(
+                        "round {round}, {}, {}: {}",
+                        w.id,
+                        t.kind.name(),
+                        describe_failure(t, &e)
+                    )),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    // Memory after load, then with idle keep-alive connections open.
+    for (cost, t) in costs
+        .iter_mut()
+        .zip(targets.iter().filter(|t| !t.procs.is_empty()))
+    {
+        let u = usage(t);
+        cost.rss_after_load_kib = u.rss_kib;
+        cost.idle_conns = IDLE_CONNECTIONS;
+        match load::open_idle(t.addr, HOST, IDLE_CONNECTIONS).await {
+            Ok(conns) => {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                cost.rss_idle_conns_kib = Some(usage(t).rss_kib);
+                drop(conns);
+            }
+            Err(e) => cost.note = Some(format!("{IDLE_CONNECTIONS} idle connections: {e:#}")),
+        }
+        cost.peak_hwm_kib = usage(t).hwm_kib;
+    }
+    for t in &mut targets {
+        for p in &mut t.procs {
+            if p.exited() {
+                notes.push(format!(
+                    "{} exited during the run: {}",
+                    p.name,
+                    p.log_tail()
+                ));
+            }
+            p.kill().await;
+        }
+    }
+    upstream.kill().await;
+
+    let cold_start = if opts.cold {
+        cold_starts(&opts, &dir, &mut notes).await
+    } else {
+        Vec::new()
+    };
+
+    let names: Vec<String> = targets.iter().map(|t| t.kind.name()).collect();
+    let workloads = workloads
+        .iter()
+        .zip(runs)
+        .map(|(w, runs)| summarize(w, &names, runs))
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut report = Report {
+        started_unix,
+        started: report::iso8601(started_unix),
+        mode: if opts.quick { "quick" } else { "full" },
+        command: opts.command.clone(),
+        machine: procs::machine(),
+        rounds,
+        targets: statuses,
+        workloads,
+        cost: costs,
+        cold_start,
+        design_targets: Vec::new(),
+        notes,
+        duration_s: began.elapsed().as_secs_f64(),
+    };
+    report.design_targets = report::design_targets(&report);
+    Ok(report)
+}
+
+fn spec_for(w: &Workload, addr: SocketAddr, duration: Duration) -> LoadSpec {
+    LoadSpec {
+        addr,
+        host: HOST.to_owned(),
+        path: w.path.to_owned(),
+        headers: Vec::new(),
+        connections: w.connections,
+        mode: w.mode,
+        duration,
+        max_requests: w.max_requests,
+    }
+}
+
+/// The sum over a target's processes; zero for direct or when unreadable.
+fn usage(t: &Target) -> Usage {
+    let mut total = Usage::default();
+    for p in &t.procs {
+        if let Ok(u) = p.usage() {
+            total.cpu_ticks += u.cpu_ticks;
+            total.rss_kib += u.rss_kib;
+            total.hwm_kib += u.hwm_kib;
+        }
+    }
+    total
+}
+
+/// Starts `kdp-bench upstream` and waits until it answers.
+async fn start_upstream(dir: &Path) -> anyhow::Result<(Managed, SocketAddr)> {
+    let port = free_port()?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["upstream", "--port", &port.to_string()]);
+    let proc = Managed::spawn("upstream", cmd, &dir.join("upstream.log"))?;
+    let addr = loopback(port);
+    wait_ready(addr, &[], Duration::from_secs(10)).await?;
+    Ok((proc, addr))
+}
+
+async fn cold_starts(opts: &Options, dir: &Path, notes: &mut Vec<String>) -> Vec<ColdStart> {
+    let (qp_rounds, local_rounds) = if opts.quick { (3, 2) } else { (10, 5) };
+    let mut out = Vec::new();
+
+    let mut entry = ColdStart {
+        id: "queue_proxy_ready",
+        title: "queue-proxy: user container listening → probe answers ready",
+        ms: None,
+        runs_ms: Vec::new(),
+        note: None,
+    };
+    if opts.bins.queue_proxy.is_file() {
+        for _ in 0..qp_rounds {
+            match cold::queue_proxy(&opts.bins.queue_proxy, dir).await {
+                Ok(d) => entry.runs_ms.push(d.as_secs_f64() * 1e3),
+                Err(e) => notes.push(format!("queue-proxy cold start: {e:#}")),
+            }
+        }
+    } else {
+        entry.note = Some(format!("{} not found", opts.bins.queue_proxy.display()));
+    }
+    entry.ms = Agg::of(entry.runs_ms.iter().copied());
+    out.push(entry);
+
+    out.push(ColdStart {
+        id: "activator_forward",
+        title: "activator: queue-proxy ready → held request forwarded",
+        ms: None,
+        runs_ms: Vec::new(),
+        note: Some(if opts.bins.activator.is_file() {
+            "the driver has no activator launcher yet".to_owned()
+        } else {
+            format!(
+                "{} not found: no activator binary yet",
+                opts.bins.activator.display()
+            )
+        }),
+    });
+
+    let mut entry = ColdStart {
+        id: "local_first_response",
+        title: "local mode: `kdp run` with zero replicas → first response",
+        ms: None,
+        runs_ms: Vec::new(),
+        note: None,
+    };
+    if !opts.bins.kdp.is_file() {
+        entry.note = Some(format!("{} not found", opts.bins.kdp.display()));
+    } else if !opts.manifest.is_file() {
+        entry.note = Some(format!("{} not found", opts.manifest.display()));
+    } else {
+        for _ in 0..local_rounds {
+            match cold::local_mode(&opts.bins.kdp, &opts.manifest, dir).await {
+                Ok(d) => entry.runs_ms.push(d.as_secs_f64() * 1e3),
+                Err(e) => notes.push(format!("local mode cold start: {e:#}")),
+            }
+        }
+    }
+    entry.ms = Agg::of(entry.runs_ms.iter().copied());
+    out.push(entry);
+    out
+}
+
+/// Medians, ranges and per-round comparisons for one workload.
+fn summarize(w: &Workload, names: &[String], runs: Vec<Vec<RunStats>>) -> WorkloadReport {
+    let find = |name: &str| names.iter().position(|n| n == name);
+    let direct = find(&Kind::Direct.name()).map(|i| runs[i].clone());
+    let nginx = find(&Kind::Nginx.name()).map(|i| runs[i].clone());
+    let same_round = |base: &Option<Vec<RunStats>>, round: usize| -> Option<RunStats> {
+        base.as_ref()?.iter().find(|r| r.round == round).cloned()
+    };
+    let results = names
+        .iter()
+        .zip(runs)
+        .filter(|(_, runs)| !runs.is_empty())
+        .map(|(name, runs)| {
+            let pick = |f: fn(&RunStats) -> f64| Agg::of(runs.iter().map(f));
+            let paired = |base: &Option<Vec<RunStats>>, f: &dyn Fn(&RunStats, &RunStats) -> f64| {
+                Agg::of(
+                    runs.iter()
+                        .filter_map(|r| same_round(base, r.round).map(|b| f(r, &b))),
+                )
+            };
+            let is_direct = *name == Kind::Direct.name();
+            let is_nginx = *name == Kind::Nginx.name();
+            let not_self = |cond: bool, a: Option<Agg>| if cond { None } else { a };
+            TargetResult {
+                target: name.clone(),
+                rps: pick(|r| r.rps),
+                mb_s: pick(|r| r.mb_s),
+                p50_us: pick(|r| r.p50_us),
+                p99_us: pick(|r| r.p99_us),
+                p999_us: pick(|r| r.p999_us),
+                added_p50_us: not_self(is_direct, paired(&direct, &|r, b| r.p50_us - b.p50_us)),
+                added_p99_us: not_self(is_direct, paired(&direct, &|r, b| r.p99_us - b.p99_us)),
+                added_p999_us: not_self(is_direct, paired(&direct, &|r, b| r.p999_us - b.p999_us)),
+                rps_vs_direct: not_self(is_direct, paired(&direct, &|r, b| r.rps / b.rps)),
+                rps_vs_nginx: not_self(is_nginx, paired(&nginx, &|r, b| r.rps / b.rps)),
+                p99_vs_nginx: not_self(is_nginx, paired(&nginx, &|r, b| r.p99_us / b.p99_us)),
+                cpu_s_per_100k: Agg::of(runs.iter().filter_map(|r| r.cpu_s_per_100k)),
+                cpu_vs_nginx: not_self(
+                    is_nginx,
+                    Agg::of(runs.iter().filter_map(|r| {
+                        let b = same_round(&nginx, r.round)?;
+                        Some(r.cpu_s_per_100k? / b.cpu_s_per_100k?)
+                    })),
+                ),
+                failed: runs.iter().map(|r| r.failed).sum(),
+                total: runs.iter().map(|r| r.failed + r.ok).sum(),
+                runs,
+            }
+        })
+        .collect();
+    WorkloadReport {
+        id: w.id,
+        title: w.title,
+        duration_s: w.duration.as_secs_f64(),
+        results,
+    }
+}

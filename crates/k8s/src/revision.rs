@@ -1,0 +1,138 @@
+//! A minimal typed `serving.knative.dev/v1` Revision: only what the activator reads.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
+use serde::{Deserialize, Serialize};
+
+/// A Knative Revision.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct Revision {
+    /// Standard object metadata.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// The parts of the spec the activator uses.
+    #[serde(default)]
+    pub spec: RevisionSpec,
+}
+
+/// The activator's view of a Revision spec.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionSpec {
+    /// Concurrent requests per pod (absent = 0 = unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_concurrency: Option<i64>,
+    /// Request timeout, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i64>,
+    /// Time-to-first-byte limit, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_start_timeout_seconds: Option<i64>,
+    /// Idle limit, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_seconds: Option<i64>,
+    /// Containers; only ports and probes are read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<Container>,
+}
+
+/// The parts of a container the activator reads.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    /// Container name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Ports; the first one's name picks HTTP/1 (`http1`) or h2c (`h2c`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ContainerPort>,
+    /// The readiness probe, kept raw (exec probes disable probe optimisation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<serde_json::Value>,
+    /// The startup probe, kept raw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<serde_json::Value>,
+}
+
+/// A container port.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerPort {
+    /// Port name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Port number.
+    #[serde(default)]
+    pub container_port: i32,
+}
+
+impl Resource for Revision {
+    type DynamicType = ();
+    type Scope = kube::core::NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        "Revision".into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        "serving.knative.dev".into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        "revisions".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl Revision {
+    /// A label value, or empty.
+    pub fn label(&self, key: &str) -> &str {
+        self.metadata
+            .labels
+            .as_ref()
+            .and_then(|l: &BTreeMap<String, String>| l.get(key))
+            .map_or("", String::as_str)
+    }
+
+    /// True when the serving container's first port is named `h2c`.
+    pub fn is_h2c(&self) -> bool {
+        self.spec
+            .containers
+            .first()
+            .and_then(|c| c.ports.first())
+            .and_then(|p| p.name.as_deref())
+            == Some("h2c")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_a_knative_revision() {
+        let json = serde_json::json!({
+            "apiVersion": "serving.knative.dev/v1",
+            "kind": "Revision",
+            "metadata": {"name": "hello-00001", "namespace": "default",
+                         "labels": {"serving.knative.dev/service": "hello"}},
+            "spec": {"containerConcurrency": 10, "timeoutSeconds": 300,
+                     "containers": [{"image": "x", "ports": [{"name": "h2c", "containerPort": 8080}]}]}
+        });
+        let rev: Revision = serde_json::from_value(json).unwrap();
+        assert_eq!(rev.spec.container_concurrency, Some(10));
+        assert!(rev.is_h2c());
+        assert_eq!(rev.label("serving.knative.dev/service"), "hello");
+        assert_eq!(rev.label("missing"), "");
+        assert_eq!(Revision::plural(&()), "revisions");
+    }
+}

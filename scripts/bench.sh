@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The benchmark suite of docs/benchmarks.md: criterion micro-benchmarks, then
+# the load driver against release builds of the queue-proxy and `kdp`.
+#
+#   scripts/bench.sh            full run (about 5 minutes on 2 cores)
+#   scripts/bench.sh --quick    fast run (driver under a minute)
+#   scripts/bench.sh --no-micro | --no-load    one half only
+#
+# Any other argument goes to the driver (`kdp-bench --help`). Results land in
+# bench-results/ (git-ignored): latest.md, latest.json and timestamped copies;
+# criterion's reports are in target/criterion/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=()
+micro=1
+load=1
+driver_args=()
+for arg in "$@"; do
+    case "$arg" in
+        --quick) quick=(--quick) ;;
+        --no-micro) micro=0 ;;
+        --no-load) load=0 ;;
+        *) driver_args+=("$arg") ;;
+    esac
+done
+
+# The load driver holds 1000+ sockets open per target.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+if [[ $load == 1 ]]; then
+    echo "bench.sh: building release binaries" >&2
+    cargo build --release --locked -p kdp-queue-proxy -p kdp -p kdp-benches
+fi
+
+if [[ $micro == 1 ]]; then
+    echo "bench.sh: criterion micro-benchmarks" >&2
+    criterion_args=()
+    if [[ ${#quick[@]} -gt 0 ]]; then
+        criterion_args=(--quick --warm-up-time 0.5 --measurement-time 1)
+    fi
+    cargo bench --locked -p kdp-benches -- "${criterion_args[@]}"
+fi
+
+if [[ $load == 1 ]]; then
+    if ! command -v nginx >/dev/null; then
+        echo "bench.sh: nginx not found, the nginx baseline is skipped (apt-get install -y nginx)" >&2
+    fi
+    echo "bench.sh: load driver" >&2
+    release=target/release
+    target_dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
+        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+    [[ -n $target_dir ]] && release=$target_dir/release
+    activator=()
+    [[ -x $release/activator ]] && activator=(--activator "$release/activator")
+    "$release/kdp-bench" "${quick[@]}" \
+        --queue-proxy "$release/queue-proxy" \
+        --kdp "$release/kdp" \
+        "${activator[@]}" \
+        --manifest deploy/local/hello-world.yaml \
+        --out bench-results \
+        "${driver_args[@]}"
+fi
