@@ -36,6 +36,9 @@ pub(crate) enum Mode {
     Closed,
 }
 
+/// Latencies above this (60 s) are recorded as this.
+const MAX_LATENCY_NS: u64 = 60_000_000_000;
+
 /// One load run.
 #[derive(Clone, Debug)]
 pub(crate) struct LoadSpec {
@@ -144,7 +147,8 @@ pub(crate) async fn run(spec: &LoadSpec) -> anyhow::Result<LoadResult> {
         .into_iter()
         .map(|conn| tokio::spawn(worker(conn, Arc::clone(&spec), Arc::clone(&next), start)))
         .collect();
-    let mut latency = Histogram::<u64>::new(3).context("histogram")?;
+    let mut latency =
+        Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_NS, 4).context("histogram")?;
     let mut total = WorkerResult::default();
     for w in join_all(workers).await {
         let w = w.context("load worker panicked")?;

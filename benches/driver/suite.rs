@@ -184,6 +184,7 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<Report> {
     let rounds = opts.rounds.unwrap_or(if opts.quick { 3 } else { 5 }).max(1);
     let workloads = workloads(opts.quick);
     let mut notes = Vec::new();
+    let pause = Duration::from_millis(if opts.quick { 50 } else { 100 });
 
     let (mut upstream, upstream_addr) = start_upstream(&dir).await?;
     eprintln!("kdp-bench: upstream on {upstream_addr}");
@@ -264,7 +265,8 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<Report> {
                         describe_failure(t, &e)
                     )),
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Let sockets and the proxies settle between runs.
+                tokio::time::sleep(pause).await;
             }
         }
     }

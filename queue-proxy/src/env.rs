@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use kdp_core::env::{self, EnvError, Strings};
+use kdp_proxy::tls::TlsSettings;
 use serde::Deserialize;
 
 /// Breaker capacity; `< 1` means unlimited.
@@ -117,6 +118,8 @@ pub struct Config {
     pub drain_quiet_period: Duration,
     /// Folder of `tls.crt`/`tls.key`.
     pub cert_dir: PathBuf,
+    /// TLS versions, suites and curves from `QUEUE_PROXY_TLS_*`.
+    pub tls: TlsSettings,
 }
 
 /// Who this queue-proxy serves (logs, request log, `Stat.pod_name`).
@@ -241,6 +244,7 @@ impl Config {
             )?,
             cert_dir: env::optional(e, ENV_KDP_CERT_DIR)?
                 .map_or_else(|| PathBuf::from(DEFAULT_CERT_DIR), PathBuf::from),
+            tls: TlsSettings::from_env(e, "QUEUE_PROXY")?,
         })
     }
 }

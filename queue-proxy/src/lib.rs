@@ -19,8 +19,9 @@ use kdp_core::drain::Drainer;
 use kdp_proxy::breaker::{Breaker, BreakerParams};
 use kdp_proxy::forward::Forward;
 use kdp_proxy::pool::{PoolConfig, Target, Upstream};
-use kdp_proxy::serve::{ServeConfig, serve};
+use kdp_proxy::serve::{ServeConfig, serve, serve_with};
 use kdp_proxy::timeout::Timeouts;
+use kdp_proxy::tls::{self, TlsAcceptor};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -51,6 +52,17 @@ pub struct Listeners {
     pub metrics: TcpListener,
     /// User metrics port, when Prometheus request metrics are on.
     pub user_metrics: Option<TcpListener>,
+    /// TLS serving port, when the certificate files exist.
+    pub tls: Option<TlsListener>,
+}
+
+/// The TLS serving port and its handshake settings.
+#[derive(Debug)]
+pub struct TlsListener {
+    /// The bound port.
+    pub listener: TcpListener,
+    /// Handshakes with the hot-reloaded certificate.
+    pub acceptor: TlsAcceptor,
 }
 
 /// A built queue-proxy, ready to run.
@@ -78,13 +90,23 @@ pub enum BuildError {
 // === impl Listeners ===
 
 impl Listeners {
-    /// Binds every port of `config` on its bind address.
+    /// Binds every port of `config` on its bind address. The TLS port is
+    /// opened only when both certificate files exist (as in Knative); the
+    /// certificate is then loaded and re-read every 60 s.
     ///
     /// # Errors
-    /// A port that cannot be bound.
+    /// A port that cannot be bound, or a certificate that cannot be loaded.
     pub async fn bind(config: &Config) -> io::Result<Self> {
         let at = |port| SocketAddr::new(config.bind, port);
+        let tls = match tls_acceptor(config).await? {
+            Some(acceptor) => Some(TlsListener {
+                listener: TcpListener::bind(at(config.tls_port)).await?,
+                acceptor,
+            }),
+            None => None,
+        };
         Ok(Self {
+            tls,
             main: TcpListener::bind(at(config.serving_port)).await?,
             admin: TcpListener::bind(at(config.admin_port)).await?,
             metrics: TcpListener::bind(at(config.metrics_port)).await?,
@@ -95,6 +117,23 @@ impl Listeners {
             },
         })
     }
+}
+
+/// The TLS acceptor for `config`, or `None` when the certificate files are absent.
+///
+/// # Errors
+/// A stat error other than "not found", or a certificate that does not load.
+pub async fn tls_acceptor(config: &Config) -> io::Result<Option<TlsAcceptor>> {
+    if !tls::cert_files_exist(&config.cert_dir)? {
+        return Ok(None);
+    }
+    tls::install_default_provider();
+    let cert = tls::ReloadingCert::load(&config.cert_dir)
+        .await
+        .map_err(io::Error::other)?;
+    cert.spawn_reloader(tls::DEFAULT_RELOAD_INTERVAL);
+    let acceptor = TlsAcceptor::new(&config.tls, cert).map_err(io::Error::other)?;
+    Ok(Some(acceptor))
 }
 
 // === impl App ===
@@ -186,6 +225,14 @@ impl App {
         self.listeners.metrics.local_addr()
     }
 
+    /// The TLS port's address, when serving TLS.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.listeners
+            .tls
+            .as_ref()
+            .and_then(|t| t.listener.local_addr().ok())
+    }
+
     /// The user metrics port's address, when enabled.
     pub fn user_metrics_addr(&self) -> Option<SocketAddr> {
         self.listeners
@@ -239,6 +286,15 @@ impl App {
             )))
         });
         let mut servers = tokio::task::JoinSet::new();
+        if let Some(TlsListener { listener, acceptor }) = listeners.tls {
+            servers.spawn(serve_with(
+                listener,
+                acceptor,
+                stack.clone(),
+                ServeConfig::new("tls"),
+                stopped(),
+            ));
+        }
         servers.spawn(serve(
             listeners.main,
             stack,

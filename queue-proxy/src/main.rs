@@ -13,6 +13,7 @@ fn main() {
         }
     };
     kdp_core::log::init(&config.log_level);
+    kdp_proxy::tls::install_default_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

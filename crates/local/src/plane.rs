@@ -313,6 +313,7 @@ impl Plane {
             admin: bind().await.map_err(io)?,
             metrics: bind().await.map_err(io)?,
             user_metrics: None,
+            tls: None,
         };
         let app = kdp_queue_proxy::App::build(config, listeners)
             .map_err(|e| StartError::Probe(label.clone(), e))?;

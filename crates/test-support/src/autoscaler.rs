@@ -201,11 +201,17 @@ impl FakeAutoscaler {
     /// Dials are refused until [`restart`](Self::restart).
     pub async fn stop(&self) {
         self.disconnect_all();
-        let _drained = crate::poll_until(CLOSE_GRACE, String::new, || {
+        let _closed = crate::poll_until(CLOSE_GRACE, String::new, || {
             (self.open_connections() == 0).then_some(())
         })
         .await;
         self.kill();
+        // Aborted connection tasks are dropped asynchronously; wait for them
+        // so `open_connections` reads 0 once `stop` returns.
+        let _dropped = crate::poll_until(CLOSE_GRACE, String::new, || {
+            (self.open_connections() == 0).then_some(())
+        })
+        .await;
     }
 
     /// Stops listening and drops every connection without a close frame, as

@@ -14,6 +14,18 @@
 //! - [`upstream`]: HTTP/1 + h2c test servers on any loopback address, and a
 //!   fake queue-proxy pod that answers activator probes.
 //! - [`trace_init`]: a tracing subscriber that writes through the test harness.
+//! - [`within`]: bounds a test step in time, so no test can hang.
+//!
+//! The fakes are plain tokio tasks on the test's runtime and use
+//! `tokio::time`, but they do real socket I/O: under `tokio::time::pause()`
+//! the clock auto-advances while a request is on the wire, so long timeouts
+//! (watch `timeoutSeconds`, bookmark ticks) can fire early. Prefer real time
+//! with short intervals in tests that talk to them.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 pub mod apiserver;
 pub mod autoscaler;
@@ -21,14 +33,9 @@ mod body;
 mod serve;
 pub mod upstream;
 
-pub use apiserver::FakeApiServer;
-pub use autoscaler::FakeAutoscaler;
-pub use upstream::{FakePod, Upstream};
-
-use std::future::Future;
-use std::time::Duration;
-
-use tokio::time::Instant;
+pub use apiserver::{FakeApiServer, RecordedRequest};
+pub use autoscaler::{FakeAutoscaler, ReceivedFrame};
+pub use upstream::{FakePod, PodRequest, Upstream};
 
 /// A `wait_for_*` helper gave up.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -106,6 +113,29 @@ pub fn trace_init() {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use super::within;
+
+    #[tokio::test]
+    #[should_panic(expected = "timed out after 10ms waiting for a pending future")]
+    async fn within_panics_naming_the_step() {
+        within(
+            Duration::from_millis(10),
+            "a pending future",
+            std::future::pending::<()>(),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn within_passes_the_output_through() {
+        assert_eq!(
+            within(Duration::from_secs(1), "ready", async { 7 }).await,
+            7
+        );
+    }
+
     #[test]
     fn trace_init_is_idempotent() {
         super::trace_init();

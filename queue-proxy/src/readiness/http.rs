@@ -246,7 +246,7 @@ fn tls_connector() -> TlsConnector {
     let config = CONFIG.get_or_init(|| {
         let mut roots = RootCertStore::empty();
         let _ = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("the ring provider supports the default protocol versions")

@@ -551,3 +551,56 @@ fn bad_env_exits_64_naming_the_variable() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("SERVING_READINESS_PROBE"));
 }
+
+#[tokio::test]
+async fn serves_tls_when_the_certificate_exists() {
+    let dir = std::env::temp_dir().join(format!("kdp-qp-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["kn-user-default".to_owned()]).unwrap();
+    std::fs::write(dir.join("tls.crt"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("tls.key"), cert.signing_key.serialize_pem()).unwrap();
+    let up = hello().await;
+    let qp = Qp::start(up.addr.port(), &[("KDP_CERT_DIR", dir.to_str().unwrap())]).await;
+    let tls_addr = qp.tls.expect("TLS port opened");
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("kn-user-default").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3),
+        "TLS 1.3 minimum by default"
+    );
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let rsp = sender
+        .send_request(
+            Request::get("/secure")
+                .header("host", "x")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), 200);
+    assert_eq!(
+        &rsp.into_body().collect().await.unwrap().to_bytes()[..],
+        b"hello"
+    );
+    // Plain HTTP keeps serving beside TLS.
+    assert_eq!(get(&qp.url("/"), &[]).await.status, 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}

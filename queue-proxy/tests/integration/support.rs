@@ -89,6 +89,7 @@ pub(crate) struct Qp {
     pub(crate) admin: SocketAddr,
     pub(crate) metrics: SocketAddr,
     pub(crate) user_metrics: Option<SocketAddr>,
+    pub(crate) tls: Option<SocketAddr>,
     terminate: Option<oneshot::Sender<()>>,
     pub(crate) done: tokio::task::JoinHandle<()>,
 }
@@ -108,6 +109,7 @@ pub(crate) fn env(user_port: u16) -> HashMap<String, String> {
         ("SERVING_POD_IP", "127.0.0.1"),
         ("KDP_BIND_ADDRESS", "127.0.0.1"),
         ("KDP_DRAIN_QUIET_PERIOD", "200ms"),
+        ("KDP_CERT_DIR", "/nonexistent/kdp-test-certs"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -132,12 +134,20 @@ impl Qp {
             } else {
                 None
             },
+            tls: match kdp_queue_proxy::tls_acceptor(&config).await.unwrap() {
+                Some(acceptor) => Some(kdp_queue_proxy::TlsListener {
+                    listener: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+                    acceptor,
+                }),
+                None => None,
+            },
         };
         let app = App::build(config, listeners).unwrap();
         let main = app.main_addr().unwrap();
         let admin = app.admin_addr().unwrap();
         let metrics = app.metrics_addr().unwrap();
         let user_metrics = app.user_metrics_addr();
+        let tls = app.tls_addr();
         let (tx, rx) = oneshot::channel();
         let done = tokio::spawn(app.run(async {
             let _ = rx.await;
@@ -147,6 +157,7 @@ impl Qp {
             admin,
             metrics,
             user_metrics,
+            tls,
             terminate: Some(tx),
             done,
         }

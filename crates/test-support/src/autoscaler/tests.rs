@@ -38,14 +38,17 @@ fn frame(rev: &str, concurrency: f64) -> WireStatMessages {
     }
 }
 
-/// Reads until the server's close frame and returns its code.
+/// Reads until the server's close frame and returns its code, then keeps
+/// reading (which sends the close reply) until the stream ends, as a real
+/// client does.
 async fn close_code(client: &mut Client) -> Option<CloseCode> {
     within(T, "close frame", async {
+        let mut code = None;
         loop {
             match client.next().await {
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
+                Some(Ok(Message::Close(frame))) => code = frame.map(|f| f.code),
                 Some(Ok(_)) => {}
-                Some(Err(_)) | None => return None,
+                Some(Err(_)) | None => return code,
             }
         }
     })
