@@ -30,7 +30,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 if [[ $load == 1 ]]; then
     echo "bench.sh: building release binaries" >&2
-    cargo build --release --locked -p kdp-queue-proxy -p kdp -p kdp-benches
+    cargo build --release -p kdp-queue-proxy -p kdp -p kdp-benches
 fi
 
 if [[ $micro == 1 ]]; then
@@ -39,11 +39,11 @@ if [[ $micro == 1 ]]; then
     if [[ ${#quick[@]} -gt 0 ]]; then
         criterion_args=(--quick --warm-up-time 0.5 --measurement-time 1)
     fi
-    cargo bench --locked -p kdp-benches -- "${criterion_args[@]}"
+    cargo bench -p kdp-benches -- "${criterion_args[@]}"
 fi
 
 if [[ $load == 1 ]]; then
-    if ! command -v nginx >/dev/null; then
+    if ! command -v nginx >/dev/null && [[ " ${driver_args[*]} " != *" --nginx "* ]]; then
         echo "bench.sh: nginx not found, the nginx baseline is skipped (apt-get install -y nginx)" >&2
     fi
     echo "bench.sh: load driver" >&2

@@ -106,7 +106,15 @@ impl LocalConfig {
             ConfigMapName::Domain => self.domain = DomainConfig::from_data(&map.data)?,
             ConfigMapName::Features => self.features = Features::from_data(&map.data),
             ConfigMapName::Defaults => self.defaults = Defaults::from_data(&map.data)?,
-            ConfigMapName::Autoscaler => self.autoscaler.clone_from(&map.data),
+            ConfigMapName::Autoscaler => {
+                // Refuse bad values at load time, with the key, rather than in the KPA later.
+                kdp_autoscaler::Config::from_map(&map.data).map_err(|e| ConfigError {
+                    config_map: map.name,
+                    key: e.key().to_owned(),
+                    message: e.to_string(),
+                })?;
+                self.autoscaler.clone_from(&map.data);
+            }
         }
         Ok(())
     }

@@ -4,7 +4,8 @@
 //! fresh clone can run `kdp run deploy/local/hello-world.yaml` with nothing else built. It
 //! listens on `127.0.0.1:$PORT` (default 8080) and answers every request with
 //! `Hello $TARGET!\n` (`TARGET` defaulting to `World`), like the sample. It starts in a few
-//! milliseconds, which keeps local cold starts honest. Errors are a bad `PORT`
+//! milliseconds, which keeps local cold starts honest. `?sleep=<ms>` delays the answer, to
+//! make a slow app for autoscaling demos. Errors are a bad `PORT`
 //! ([`HelloError::BadPort`]) or I/O errors binding the port.
 
 use std::convert::Infallible;
@@ -23,6 +24,8 @@ use tokio::net::TcpListener;
 
 /// The port used when `PORT` is unset, as in the sample.
 pub const DEFAULT_PORT: u16 = 8080;
+/// The longest `?sleep=<ms>` honoured.
+pub const MAX_SLEEP: std::time::Duration = std::time::Duration::from_secs(60);
 /// The greeting target when `TARGET` is unset.
 pub const DEFAULT_TARGET: &str = "World";
 
@@ -104,15 +107,29 @@ pub async fn serve(
 }
 
 async fn respond(
-    _req: Request<Incoming>,
+    req: Request<Incoming>,
     body: Arc<Bytes>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(delay) = requested_delay(req.uri().query()) {
+        tokio::time::sleep(delay).await;
+    }
     let mut response = Response::new(Full::new(Bytes::clone(&body)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     Ok(response)
+}
+
+/// `?sleep=<ms>`: how long to wait before answering (a slow app for autoscaling demos and
+/// tests), capped at [`MAX_SLEEP`].
+fn requested_delay(query: Option<&str>) -> Option<std::time::Duration> {
+    let ms = query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("sleep="))?
+        .parse::<u64>()
+        .ok()?;
+    Some(std::time::Duration::from_millis(ms).min(MAX_SLEEP))
 }
 
 #[cfg(test)]
@@ -140,6 +157,19 @@ mod tests {
         assert_eq!((c.addr.port(), c.target.as_str()), (9000, "Go Sample v2"));
         let err = HelloConfig::from_env(env(&[("PORT", "http")])).unwrap_err();
         assert_eq!(err.to_string(), "PORT=\"http\" is not a port number");
+    }
+
+    #[test]
+    fn sleep_query_delays_within_the_cap() {
+        use std::time::Duration;
+        assert_eq!(requested_delay(None), None);
+        assert_eq!(requested_delay(Some("a=1")), None);
+        assert_eq!(
+            requested_delay(Some("a=1&sleep=250")),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(requested_delay(Some("sleep=x")), None);
+        assert_eq!(requested_delay(Some("sleep=99999999")), Some(MAX_SLEEP));
     }
 
     #[tokio::test]

@@ -80,7 +80,8 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
     } else {
-        kdp_core::log::init_pretty("info");
+        // Lifecycle lines (target `kdp`) at info; the proxies' own logs only when degraded.
+        kdp_core::log::init_pretty("warn,kdp=info");
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -225,8 +226,7 @@ async fn run(
         .with_context(|| format!("cannot listen on {listen}"))?;
     line_out(&describe(&model, listen));
     let (models, model_rx) = tokio::sync::watch::channel(model);
-    let plane =
-        kdp_local::plane::Plane::new(model_rx, kdp_local::plane::DEFAULT_SCALE_TO_ZERO_GRACE);
+    let plane = kdp_local::plane::Plane::new(model_rx);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn({
         let plane = plane.clone();

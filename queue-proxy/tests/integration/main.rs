@@ -604,3 +604,121 @@ async fn serves_tls_when_the_certificate_exists() {
     assert_eq!(get(&qp.url("/"), &[]).await.status, 200);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn binary_logs_requests_and_exits_0_on_sigterm() {
+    let up = hello().await;
+    let (main, admin, metrics) = (free_port(), free_port(), free_port());
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_queue-proxy"))
+        .env_clear()
+        .envs(env(up.addr.port()))
+        .env("QUEUE_SERVING_PORT", main.to_string())
+        .env("KDP_ADMIN_PORT", admin.to_string())
+        .env("KDP_METRICS_PORT", metrics.to_string())
+        .env("KDP_DRAIN_QUIET_PERIOD", "100ms")
+        .env(
+            "OBSERVABILITY_CONFIG",
+            r#"{"enableRequestLog":true,"requestLogTemplate":"{{.Request.Method}} {{.Request.RequestURI}} {{.Response.Code}} {{.Revision.Name}}"}"#,
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{main}");
+    eventually(|| async {
+        tokio::net::TcpStream::connect(("127.0.0.1", main))
+            .await
+            .is_ok()
+    })
+    .await;
+    assert_eq!(get(&format!("{url}/abc?x=1"), &[]).await.status, 200);
+    let probe = get(
+        &url,
+        &[
+            ("user-agent", "kube-probe/1.30"),
+            ("k-network-probe", "queue"),
+        ],
+    )
+    .await;
+    assert_eq!(probe.status, 200);
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let mut out = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut child.stdout.take().unwrap(), &mut out)
+        .await
+        .unwrap();
+    assert_eq!(
+        out, "GET /abc?x=1 200 hello-00001\n",
+        "one line per request, probes not logged"
+    );
+}
+
+#[tokio::test]
+async fn websocket_keeps_its_grace_period_during_drain() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() {
+                        ws.send(msg).await.unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let mut qp = Qp::start(port, &[("KDP_DRAIN_QUIET_PERIOD", "100ms")]).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", qp.main))
+        .await
+        .unwrap();
+    qp.terminate();
+    // Past the quiet period the listeners close, but the open websocket lives on.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        tokio::net::TcpStream::connect(qp.main).await.is_err(),
+        "listener closed"
+    );
+    assert!(!qp.done.is_finished(), "shutdown waits for the tunnel");
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(
+        ws.next()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_text()
+            .unwrap()
+            .as_str(),
+        "still here"
+    );
+    ws.close(None).await.unwrap();
+    while ws.next().await.is_some() {}
+    drop(ws);
+    tokio::time::timeout(Duration::from_secs(5), &mut qp.done)
+        .await
+        .unwrap()
+        .unwrap();
+}

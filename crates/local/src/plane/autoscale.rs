@@ -51,7 +51,12 @@ pub(super) struct Step {
 
 impl Kpa {
     /// The KPA for `revision`, with `ready` replicas ready now.
-    pub(super) fn new(config: Config, revision: &Revision, reachable: bool, now: Timestamp) -> Self {
+    pub(super) fn new(
+        config: Config,
+        revision: &Revision,
+        reachable: bool,
+        now: Timestamp,
+    ) -> Self {
         let annotations = RevisionAnnotations::parse(&revision.annotations);
         let container_concurrency =
             u32::try_from(revision.container_concurrency).unwrap_or(u32::MAX);
@@ -89,8 +94,11 @@ impl Kpa {
             self.shown = Buckets::new(spec.stable_window, spec.aggregation);
         }
         self.decider.update(spec);
-        self.pa
-            .set_params(KpaParams::resolve(&self.config, &self.annotations, reachable));
+        self.pa.set_params(KpaParams::resolve(
+            &self.config,
+            &self.annotations,
+            reachable,
+        ));
     }
 
     /// Replicas a new revision starts with (Knative creates its Deployment at initial scale).
@@ -103,12 +111,8 @@ impl Kpa {
         self.reachable
     }
 
-    /// The last desired scale, if the decider ran.
-    pub(super) fn desired(&self) -> Option<u32> {
-        self.decider.status().desired_scale
-    }
-
     /// Whether the PodAutoscaler is *Inactive* (scaled, or scaling, to zero).
+    #[cfg(test)]
     pub(super) fn inactive(&self) -> bool {
         self.pa.status().activity == Activity::Inactive
     }
