@@ -289,3 +289,29 @@ pub fn revision_info(rev: &Revision) -> RevisionInfo {
         h2c: rev.is_h2c(),
     }
 }
+
+/// Where to serve Prometheus metrics: `Some` when `config-observability`
+/// says `metrics-protocol: prometheus` (port from `metrics-endpoint`, else
+/// `METRICS_PROMETHEUS_PORT`, else 9090), `None` otherwise (Knative's default).
+///
+/// # Errors
+/// The API server could not be asked.
+pub async fn metrics_port(
+    client: &Client,
+    config: &crate::env::Config,
+) -> Result<Option<std::net::SocketAddr>, kdp_core::Error> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &config.system_namespace);
+    let Some(cm) = api.get_opt(&config.config_observability_name).await? else {
+        return Ok(None);
+    };
+    let data = cm.data.unwrap_or_default();
+    if data.get("metrics-protocol").map(String::as_str) != Some("prometheus") {
+        return Ok(None);
+    }
+    let port = data
+        .get("metrics-endpoint")
+        .and_then(|e| e.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(config.metrics_port);
+    Ok(Some(std::net::SocketAddr::new(config.bind, port)))
+}

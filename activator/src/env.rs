@@ -31,6 +31,8 @@ pub const ENV_CONFIG_OBSERVABILITY_NAME: &str = "CONFIG_OBSERVABILITY_NAME";
 /// Cluster DNS domain.
 pub const ENV_CLUSTER_DOMAIN: &str = "CLUSTER_DOMAIN";
 
+/// Prometheus metrics port (used when `metrics-protocol: prometheus`).
+pub const ENV_METRICS_PROMETHEUS_PORT: &str = "METRICS_PROMETHEUS_PORT";
 /// kdp only: the autoscaler websocket URL (default `ws://autoscaler.<ns>.svc.<domain>:8080`).
 pub const ENV_KDP_AUTOSCALER_URL: &str = "KDP_AUTOSCALER_URL";
 /// kdp only: address every port binds (default all interfaces).
@@ -88,6 +90,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Requests held per revision.
     pub max_queued_per_revision: usize,
+    /// Prometheus metrics port.
+    pub metrics_port: u16,
 }
 
 // === impl Config ===
@@ -141,6 +145,7 @@ impl Config {
                 ENV_KDP_MAX_QUEUED_PER_REVISION,
                 DEFAULT_MAX_QUEUED_PER_REVISION,
             )?,
+            metrics_port: env::port_or(e, ENV_METRICS_PROMETHEUS_PORT, 9090)?,
             system_namespace,
         })
     }

@@ -25,6 +25,7 @@ pub mod activate;
 pub mod backends;
 pub mod cluster;
 pub mod env;
+pub mod metrics;
 pub mod probe;
 pub mod report;
 pub mod revision;
@@ -46,6 +47,8 @@ pub struct Listeners {
     pub http1: TcpListener,
     /// The `h2c` port (8013).
     pub h2c: TcpListener,
+    /// The Prometheus metrics port, when `metrics-protocol: prometheus`.
+    pub metrics: Option<TcpListener>,
 }
 
 /// A built activator, ready to run.
@@ -58,6 +61,7 @@ pub struct App {
     upstream: Upstream,
     draining: Arc<AtomicBool>,
     autoscaler: watch::Receiver<bool>,
+    metrics: Arc<metrics::Metrics>,
     stack: stack::ServingStack,
     background: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -73,6 +77,7 @@ impl Listeners {
         Ok(Self {
             http1: TcpListener::bind(SocketAddr::new(config.bind, config.http1_port)).await?,
             h2c: TcpListener::bind(SocketAddr::new(config.bind, config.h2c_port)).await?,
+            metrics: None,
         })
     }
 }
@@ -95,12 +100,14 @@ impl App {
         let draining = Arc::new(AtomicBool::new(false));
         let (frames_tx, frames_rx) = mpsc::channel(FRAME_BUFFER);
         let (connected_tx, connected_rx) = watch::channel(false);
-        let reporter = report::Reporter::new(config.pod_name.clone(), frames_tx);
+        let metrics = Arc::new(metrics::Metrics::new());
+        let reporter = report::Reporter::new(config.pod_name.clone(), frames_tx, metrics.clone());
         let background = vec![
             tokio::spawn(report::connect_loop(
                 config.autoscaler_url.clone(),
                 frames_rx,
                 connected_tx,
+                metrics.clone(),
             )),
             tokio::spawn(reporter.clone().run()),
         ];
@@ -122,6 +129,7 @@ impl App {
             upstream,
             draining,
             autoscaler: connected_rx,
+            metrics,
             stack,
             background,
         }
@@ -151,6 +159,14 @@ impl App {
     /// The socket has no local address.
     pub fn h2c_addr(&self) -> io::Result<SocketAddr> {
         self.listeners.h2c.local_addr()
+    }
+
+    /// The metrics port's address, when serving metrics.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.listeners
+            .metrics
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// Resolves when the autoscaler connection is up.
@@ -196,6 +212,15 @@ impl App {
             ServeConfig::new("h2c"),
             stopped(),
         ));
+        if let Some(listener) = self.listeners.metrics {
+            let svc = metrics_service(self.metrics, self.throttler, self.revisions);
+            servers.spawn(serve(
+                listener,
+                svc,
+                ServeConfig::new("metrics").http1_only(),
+                stopped(),
+            ));
+        }
         tracing::info!(pod = %self.config.pod_name, "activator serving");
         terminate.await;
         self.draining.store(true, Ordering::Release);
@@ -208,4 +233,36 @@ impl App {
         }
         tracing::info!("activator stopped");
     }
+}
+
+/// The metrics port: `GET /metrics` renders Prometheus text; other paths 404.
+fn metrics_service(
+    metrics: Arc<metrics::Metrics>,
+    throttler: Arc<Throttler>,
+    revisions: Arc<RevisionCache>,
+) -> impl tower::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<kdp_proxy::body::BoxBody>,
+    Error = std::convert::Infallible,
+    Future = std::future::Ready<
+        Result<http::Response<kdp_proxy::body::BoxBody>, std::convert::Infallible>,
+    >,
+> + Clone
++ Send
++ Sync
++ 'static {
+    tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let rsp = if req.uri().path() == "/metrics" {
+            let text = metrics.render(&throttler, revisions.as_ref());
+            let mut rsp = http::Response::new(kdp_proxy::body::full(text));
+            rsp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            rsp
+        } else {
+            kdp_proxy::respond::http_error(http::StatusCode::NOT_FOUND, "404 page not found")
+        };
+        std::future::ready(Ok(rsp))
+    })
 }

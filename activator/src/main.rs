@@ -34,13 +34,21 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let listeners = match Listeners::bind(&config).await {
+        let mut listeners = match Listeners::bind(&config).await {
             Ok(l) => l,
             Err(err) => {
                 tracing::error!(error = %err, "cannot bind the serving ports");
                 return ExitCode::FAILURE;
             }
         };
+        match cluster::metrics_port(&client, &config).await {
+            Ok(Some(addr)) => match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => listeners.metrics = Some(l),
+                Err(err) => tracing::error!(error = %err, %addr, "cannot bind the metrics port"),
+            },
+            Ok(None) => {}
+            Err(err) => tracing::warn!(error = %kdp_core::ErrorChain(err.as_ref()), "cannot read config-observability"),
+        }
         let app = App::build(config, listeners);
         cluster::start(client, app.cluster_targets()).await;
         app.run(async {

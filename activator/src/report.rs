@@ -24,6 +24,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::metrics::Metrics;
+
 /// How often stats are sent.
 pub const REPORTING_PERIOD: Duration = Duration::from_secs(1);
 /// Ping period on the autoscaler connection (Knative: 10 s / 3).
@@ -48,6 +50,7 @@ struct Inner {
     pod_name: String,
     state: Mutex<ConcurrencyReporter<RevisionKey>>,
     frames: mpsc::Sender<Vec<u8>>,
+    metrics: Arc<Metrics>,
 }
 
 /// The reporter stage.
@@ -67,12 +70,13 @@ struct OutGuard {
 impl Reporter {
     /// A reporter for pod `pod_name`; frames are queued on `frames` (a
     /// bounded channel: when the connection cannot keep up, frames drop).
-    pub fn new(pod_name: String, frames: mpsc::Sender<Vec<u8>>) -> Self {
+    pub fn new(pod_name: String, frames: mpsc::Sender<Vec<u8>>, metrics: Arc<Metrics>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 pod_name,
                 state: Mutex::default(),
                 frames,
+                metrics,
             }),
         }
     }
@@ -95,7 +99,21 @@ impl Reporter {
 
     /// Closes the window and sends one frame with every active revision.
     pub fn tick(&self) {
-        let entries = self.lock().tick(Instant::now());
+        let (entries, live) = {
+            let mut state = self.lock();
+            let entries = state.tick(Instant::now());
+            let live: Vec<bool> = entries.iter().map(|(k, _)| state.contains(k)).collect();
+            (entries, live)
+        };
+        for ((key, stat), live) in entries.iter().zip(live) {
+            if live {
+                self.inner
+                    .metrics
+                    .concurrency(key, stat.average_concurrency);
+            } else {
+                self.inner.metrics.forget(key);
+            }
+        }
         if entries.is_empty() {
             return;
         }
@@ -184,6 +202,7 @@ pub async fn connect_loop(
     url: String,
     mut frames: mpsc::Receiver<Vec<u8>>,
     connected: watch::Sender<bool>,
+    metrics: Arc<Metrics>,
 ) {
     let mut attempt: u32 = 0;
     loop {
@@ -194,8 +213,10 @@ pub async fn connect_loop(
                 attempt = 0;
                 tracing::info!(%url, "connected to the autoscaler");
                 connected.send_replace(true);
+                metrics.connected();
                 serve_connection(ws, &mut frames).await;
                 connected.send_replace(false);
+                metrics.disconnected();
                 tracing::warn!(%url, "autoscaler connection lost; reconnecting");
             }
             Ok(Err(error)) => tracing::debug!(%url, %error, "autoscaler connect failed"),
@@ -251,7 +272,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn first_request_pokes_then_ticks() {
         let (tx, mut rx) = mpsc::channel(16);
-        let reporter = Reporter::new("activator-abc".into(), tx);
+        let reporter = Reporter::new("activator-abc".into(), tx, Arc::new(Metrics::new()));
         let key = RevisionKey::new("default", "hello-00001");
         reporter.request_in(&key);
         let poke = WireStatMessages::decode(rx.recv().await.unwrap().as_slice()).unwrap();

@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 
 struct Harness {
     addr: std::net::SocketAddr,
+    metrics: std::net::SocketAddr,
     api: FakeApiServer,
     autoscaler: FakeAutoscaler,
     stop: Option<oneshot::Sender<()>>,
@@ -52,9 +53,11 @@ async fn start(extra: &[(&str, &str)]) -> Harness {
     let listeners = Listeners {
         http1: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         h2c: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        metrics: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
     };
     let app = App::build(config, listeners);
     let addr = app.http1_addr().unwrap();
+    let metrics = app.metrics_addr().unwrap();
     let client =
         kdp_k8s::kube::Client::try_from(kdp_k8s::kube::Config::new(api.url().parse().unwrap()))
             .unwrap();
@@ -70,6 +73,7 @@ async fn start(extra: &[(&str, &str)]) -> Harness {
     }));
     Harness {
         addr,
+        metrics,
         api,
         autoscaler,
         stop: Some(tx),
@@ -114,9 +118,13 @@ struct Got {
 }
 
 async fn send(addr: std::net::SocketAddr, headers: &[(&str, &str)]) -> Got {
+    send_to(addr, "/path?x=1", headers).await
+}
+
+async fn send_to(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> Got {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http();
-    let mut b = Request::get(format!("http://{addr}/path?x=1"));
+    let mut b = Request::get(format!("http://{addr}{path}"));
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
@@ -430,4 +438,36 @@ fn bad_env_exits_64() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("POD_IP"));
+}
+
+#[tokio::test]
+async fn metrics_in_prometheus_text() {
+    let h = start(&[]).await;
+    h.autoscaler
+        .wait_for_connections(1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let pod = FakePod::start("pod-a", ip(6)).unwrap();
+    h.api.apply(revision("hello-00001", 0, 300));
+    h.api.apply(private_endpoints("hello-00001", &[&pod]));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(send(h.addr, &REV).await.status, 200);
+    let mut body = String::new();
+    for _ in 0..300 {
+        body = send_to(h.metrics, "/metrics", &[]).await.body;
+        if body.contains("kn_revision_request_concurrency{") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(body.contains(r#"kn_revision_request_concurrency{k8s_namespace_name="default",kn_configuration_name="hello",kn_revision_name="hello-00001",kn_service_name="hello""#), "{body}");
+    assert!(body.contains("kn_revision_request_active{"), "{body}");
+    assert!(
+        body.contains(r#"kn_activator_stats_conn_reachable{peer="autoscaler"} 1"#),
+        "{body}"
+    );
+    assert!(
+        body.contains(r#"kn_activator_stats_conn_errors_total{peer="autoscaler"} 0"#),
+        "{body}"
+    );
 }
