@@ -290,28 +290,114 @@ pub fn revision_info(rev: &Revision) -> RevisionInfo {
     }
 }
 
-/// Where to serve Prometheus metrics: `Some` when `config-observability`
-/// says `metrics-protocol: prometheus` (port from `metrics-endpoint`, else
-/// `METRICS_PROMETHEUS_PORT`, else 9090), `None` otherwise (Knative's default).
+/// What `config-observability` asks of the activator (read once at startup).
+#[derive(Debug, Default)]
+pub struct Observability {
+    /// Where to serve Prometheus metrics: set when `metrics-protocol:
+    /// prometheus` (port from `metrics-endpoint`, else `METRICS_PROMETHEUS_PORT`,
+    /// else 9090); `None` by default, as in Knative.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// The request logger, when `logging.enable-request-log` is true with a
+    /// template that parses.
+    pub request_log: Option<kdp_proxy::request_log::RequestLogger>,
+}
+
+/// Reads `config-observability` (a missing map means the defaults).
 ///
 /// # Errors
 /// The API server could not be asked.
-pub async fn metrics_port(
+pub async fn observability(
     client: &Client,
     config: &crate::env::Config,
-) -> Result<Option<std::net::SocketAddr>, kdp_core::Error> {
+) -> Result<Observability, kdp_core::Error> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &config.system_namespace);
-    let Some(cm) = api.get_opt(&config.config_observability_name).await? else {
-        return Ok(None);
-    };
-    let data = cm.data.unwrap_or_default();
-    if data.get("metrics-protocol").map(String::as_str) != Some("prometheus") {
-        return Ok(None);
+    let data = api
+        .get_opt(&config.config_observability_name)
+        .await?
+        .and_then(|cm| cm.data)
+        .unwrap_or_default();
+    Ok(Observability::from_data(&data, config))
+}
+
+// === impl Observability ===
+
+impl Observability {
+    /// Interprets config-observability data.
+    pub fn from_data(
+        data: &std::collections::BTreeMap<String, String>,
+        config: &crate::env::Config,
+    ) -> Self {
+        let metrics = (data.get("metrics-protocol").map(String::as_str) == Some("prometheus"))
+            .then(|| {
+                let port = data
+                    .get("metrics-endpoint")
+                    .and_then(|e| e.rsplit_once(':'))
+                    .and_then(|(_, p)| p.parse().ok())
+                    .unwrap_or(config.metrics_port);
+                std::net::SocketAddr::new(config.bind, port)
+            });
+        let enabled = data
+            .get("logging.enable-request-log")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let template = data
+            .get("logging.request-log-template")
+            .map_or("", String::as_str);
+        let request_log = match kdp_proxy::request_log::RequestLogger::new(enabled, template) {
+            Ok(logger) if logger.is_enabled() => Some(logger),
+            Ok(_) => None,
+            Err(error) => {
+                tracing::error!(error = %kdp_core::ErrorChain(&error), "request log disabled");
+                None
+            }
+        };
+        Self {
+            metrics,
+            request_log,
+        }
     }
-    let port = data
-        .get("metrics-endpoint")
-        .and_then(|e| e.rsplit_once(':'))
-        .and_then(|(_, p)| p.parse().ok())
-        .unwrap_or(config.metrics_port);
-    Ok(Some(std::net::SocketAddr::new(config.bind, port)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{BTreeMap, HashMap};
+
+    fn config() -> crate::env::Config {
+        let env = HashMap::from([
+            ("POD_NAME", "a"),
+            ("POD_IP", "10.0.0.1"),
+            ("SYSTEM_NAMESPACE", "knative-serving"),
+        ]);
+        crate::env::Config::from_env(&env, None).unwrap()
+    }
+
+    #[test]
+    fn observability_defaults_to_nothing() {
+        let o = Observability::from_data(&BTreeMap::new(), &config());
+        assert!(o.metrics.is_none());
+        assert!(o.request_log.is_none());
+    }
+
+    #[test]
+    fn observability_turns_on_metrics_and_request_log() {
+        let data = BTreeMap::from([
+            ("metrics-protocol".to_owned(), "prometheus".to_owned()),
+            ("metrics-endpoint".to_owned(), ":9999".to_owned()),
+            ("logging.enable-request-log".to_owned(), "true".to_owned()),
+            (
+                "logging.request-log-template".to_owned(),
+                "{{.Request.Method}}".to_owned(),
+            ),
+        ]);
+        let o = Observability::from_data(&data, &config());
+        assert_eq!(o.metrics.map(|a| a.port()), Some(9999));
+        assert!(o.request_log.is_some_and(|l| l.is_enabled()));
+        // Enabled with an empty template is refused, as in Knative.
+        let data = BTreeMap::from([("logging.enable-request-log".to_owned(), "true".to_owned())]);
+        assert!(
+            Observability::from_data(&data, &config())
+                .request_log
+                .is_none()
+        );
+    }
 }

@@ -87,7 +87,11 @@ impl Listeners {
 impl App {
     /// Builds the activator and starts its background tasks (autoscaler
     /// connection, stat ticker). Must be called within a tokio runtime.
-    pub fn build(config: Config, listeners: Listeners) -> Self {
+    pub fn build(
+        config: Config,
+        listeners: Listeners,
+        observability: cluster::Observability,
+    ) -> Self {
         let upstream = Upstream::new(&PoolConfig {
             target: Target::FromUri,
             max_idle_per_host: config.max_idle_conns_per_host,
@@ -120,6 +124,7 @@ impl App {
                 throttler.clone(),
                 Forward::new(upstream.clone(), Target::FromUri),
             ),
+            request_log: observability.request_log,
         });
         Self {
             config,

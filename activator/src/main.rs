@@ -41,15 +41,20 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match cluster::metrics_port(&client, &config).await {
-            Ok(Some(addr)) => match tokio::net::TcpListener::bind(addr).await {
+        let observability = match cluster::observability(&client, &config).await {
+            Ok(o) => o,
+            Err(err) => {
+                tracing::warn!(error = %kdp_core::ErrorChain(err.as_ref()), "cannot read config-observability; using defaults");
+                cluster::Observability::default()
+            }
+        };
+        if let Some(addr) = observability.metrics {
+            match tokio::net::TcpListener::bind(addr).await {
                 Ok(l) => listeners.metrics = Some(l),
                 Err(err) => tracing::error!(error = %err, %addr, "cannot bind the metrics port"),
-            },
-            Ok(None) => {}
-            Err(err) => tracing::warn!(error = %kdp_core::ErrorChain(err.as_ref()), "cannot read config-observability"),
+            }
         }
-        let app = App::build(config, listeners);
+        let app = App::build(config, listeners, observability);
         cluster::start(client, app.cluster_targets()).await;
         app.run(async {
             if let Err(err) = kdp_core::signal::shutdown().await {

@@ -47,6 +47,21 @@ pub struct RevisionInfo {
     pub h2c: bool,
 }
 
+impl RevisionInfo {
+    /// What the request log's `.Revision` renders (PodName and PodIP stay
+    /// empty in the activator, as in Knative).
+    pub fn log_fields(&self) -> kdp_proxy::request_log::RevisionInfo {
+        kdp_proxy::request_log::RevisionInfo {
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            service: self.service.clone(),
+            configuration: self.configuration.clone(),
+            pod_name: String::new(),
+            pod_ip: String::new(),
+        }
+    }
+}
+
 /// A cache of revisions.
 pub trait Revisions: Send + Sync + 'static {
     /// The revision `namespace/name`, if known.
@@ -65,6 +80,7 @@ pub struct Identify<S> {
     inner: S,
     revisions: Arc<dyn Revisions>,
     cluster_domain: Arc<str>,
+    log_fields: bool,
 }
 
 // === impl RevisionCache ===
@@ -105,11 +121,18 @@ impl Revisions for RevisionCache {
 
 impl<S> Identify<S> {
     /// Wraps `inner`, looking revisions up in `revisions`.
-    pub fn new(inner: S, revisions: Arc<dyn Revisions>, cluster_domain: &str) -> Self {
+    /// With `log_fields`, the request also carries the request log's view of its revision.
+    pub fn new(
+        inner: S,
+        revisions: Arc<dyn Revisions>,
+        cluster_domain: &str,
+        log_fields: bool,
+    ) -> Self {
         Self {
             inner,
             revisions,
             cluster_domain: cluster_domain.into(),
+            log_fields,
         }
     }
 }
@@ -146,6 +169,9 @@ where
         };
         req.extensions_mut()
             .insert(Revision(RevisionKey::new(namespace, name)));
+        if self.log_fields {
+            req.extensions_mut().insert(Arc::new(info.log_fields()));
+        }
         req.extensions_mut().insert(info);
         Box::pin(self.inner.call(req))
     }

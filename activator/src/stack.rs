@@ -9,9 +9,10 @@ use std::sync::Arc;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use kdp_proxy::body::BoxBody;
+use kdp_proxy::request_log::{RequestLogLayer, RequestLogger, RevisionInfo};
 use kdp_proxy::respond::RespondLayer;
-use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
+use tower::{Layer, ServiceBuilder};
 
 use crate::activate::Activate;
 use crate::probe::{Health, Probe};
@@ -37,6 +38,8 @@ pub struct Parts {
     pub reporter: Reporter,
     /// Throttling and forwarding.
     pub activate: Activate,
+    /// Request logging, when config-observability enables it.
+    pub request_log: Option<RequestLogger>,
 }
 
 impl std::fmt::Debug for Parts {
@@ -53,6 +56,7 @@ pub fn build(parts: Parts) -> ServingStack {
         cluster_domain,
         reporter,
         activate,
+        request_log,
     } = parts;
     // Innermost: wait for a pod with room, then proxy to it.
     let svc = activate;
@@ -60,8 +64,12 @@ pub fn build(parts: Parts) -> ServingStack {
     let svc = RevisionTimeout::new(svc);
     // The reporter counts requests before they queue: held requests are demand.
     let svc = Report::new(svc, reporter);
+    // The request log sees each identified request once, with its revision;
+    // latency includes queueing and timeouts, as in Knative.
+    let log_fields = request_log.is_some();
+    let svc = RequestLogLayer::new(request_log, RevisionInfo::default()).layer(svc);
     // Identify the revision before anything per-revision happens; 404 if unknown.
-    let svc = Identify::new(svc, revisions, &cluster_domain);
+    let svc = Identify::new(svc, revisions, &cluster_domain, log_fields);
     // Kubelet, ingress and autoscaler probes never create revision state.
     let svc = Probe::new(svc, health);
     // Errors become Knative's 502/503 answers (queue-full with Retry-After).

@@ -32,7 +32,6 @@ pub mod handler;
 pub mod metrics;
 pub mod probe;
 pub mod readiness;
-pub mod request_log;
 pub mod stack;
 pub mod stats;
 
@@ -175,7 +174,7 @@ impl App {
             .observability
             .prometheus_request_metrics()
             .then(|| metrics::AppMetrics::new(&config.revision));
-        let request_log = request_log::logger(&config);
+        let request_log = request_logger(&config);
         let handler =
             handler::Handler::new(forward.clone(), breaker, stats.clone(), metrics.clone());
         let stack = stack::build(stack::Parts {
@@ -341,5 +340,25 @@ impl App {
         }
         reporter.abort();
         tracing::info!("Shutdown complete, exiting...");
+    }
+}
+
+/// The request logger `OBSERVABILITY_CONFIG` asks for, or `None`.
+fn request_logger(config: &Config) -> Option<kdp_proxy::request_log::RequestLogger> {
+    use kdp_proxy::request_log::{DEFAULT_TEMPLATE, RequestLogger};
+    let obs = &config.observability;
+    if !obs.enable_request_log {
+        return None;
+    }
+    let template = obs
+        .request_log_template
+        .as_deref()
+        .unwrap_or(DEFAULT_TEMPLATE);
+    match RequestLogger::new(true, template) {
+        Ok(logger) => Some(logger.with_probe_logging(obs.enable_probe_request_log)),
+        Err(error) => {
+            tracing::error!(error = %kdp_core::ErrorChain(&error), "request logging disabled");
+            None
+        }
     }
 }

@@ -9,7 +9,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use kdp_core::drain::Drainer;
 use kdp_proxy::body::BoxBody;
-use kdp_proxy::request_log::{RequestLogger, RevisionInfo};
+use kdp_proxy::request_log::{RequestLogLayer, RequestLogger, RevisionInfo};
 use kdp_proxy::respond::RespondLayer;
 use kdp_proxy::timeout::{TimeoutLayer, Timeouts};
 use tower::ServiceBuilder;
@@ -18,7 +18,6 @@ use tower::util::BoxCloneSyncService;
 use crate::handler::Handler;
 use crate::probe::ProbeLayer;
 use crate::readiness::Prober;
-use crate::request_log::RequestLogLayer;
 
 /// The erased serving stack handed to [`kdp_proxy::serve`].
 pub type ServingStack = BoxCloneSyncService<Request<Incoming>, Response<BoxBody>, Infallible>;

@@ -55,7 +55,7 @@ async fn start(extra: &[(&str, &str)]) -> Harness {
         h2c: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         metrics: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
     };
-    let app = App::build(config, listeners);
+    let app = App::build(config, listeners, cluster::Observability::default());
     let addr = app.http1_addr().unwrap();
     let metrics = app.metrics_addr().unwrap();
     let client =

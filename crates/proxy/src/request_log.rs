@@ -49,7 +49,10 @@ use std::sync::Arc;
 
 mod exec;
 mod go_fmt;
+mod layer;
 mod parse;
+
+pub use layer::{RequestLog, RequestLogLayer};
 #[cfg(test)]
 mod tests;
 

@@ -1,6 +1,7 @@
 //! The request-log stage: one templated line per request, when enabled.
 //!
-//! Outermost stage (outside the drainer, so probe answers can be logged).
+//! Outermost stage of both binaries (in the queue-proxy outside the drainer,
+//! so probe answers can be logged; in the activator probes are never logged).
 //! It notes what the template may read from the request, lets the request
 //! run, and writes the line when the response body ends (or is dropped), so
 //! `.Response.Size` and `.Response.Latency` cover the whole response. With
@@ -11,37 +12,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use super::{LogEntry, RequestInfo, RequestLogger, ResponseInfo, RevisionInfo, trace_id};
+use crate::body::BoxBody;
+use crate::forward::ClientAddr;
 use bytes::Bytes;
 use http::{Request, Response, Version, header};
 use http_body::{Body, Frame, SizeHint};
 use kdp_core::Error;
-use kdp_proxy::body::BoxBody;
-use kdp_proxy::forward::ClientAddr;
-use kdp_proxy::request_log::{
-    DEFAULT_TEMPLATE, LogEntry, RequestInfo, RequestLogger, ResponseInfo, RevisionInfo, trace_id,
-};
 use tokio::time::Instant;
-
-use crate::env::Config;
-
-/// Builds the logger `OBSERVABILITY_CONFIG` asks for, or `None`.
-pub fn logger(config: &Config) -> Option<RequestLogger> {
-    let obs = &config.observability;
-    if !obs.enable_request_log {
-        return None;
-    }
-    let template = obs
-        .request_log_template
-        .as_deref()
-        .unwrap_or(DEFAULT_TEMPLATE);
-    match RequestLogger::new(true, template) {
-        Ok(logger) => Some(logger.with_probe_logging(obs.enable_probe_request_log)),
-        Err(error) => {
-            tracing::error!(error = %kdp_core::ErrorChain(&error), "request logging disabled");
-            None
-        }
-    }
-}
 
 /// Wraps the stack with request logging.
 #[derive(Clone, Debug)]
@@ -74,6 +52,7 @@ struct Noted {
     remote_addr: String,
     headers: http::HeaderMap,
     start: Instant,
+    revision: Option<Arc<RevisionInfo>>,
 }
 
 pin_project_lite::pin_project! {
@@ -98,6 +77,8 @@ pin_project_lite::pin_project! {
 
 impl RequestLogLayer {
     /// A layer that logs with `logger`, or passes through when `None`.
+    /// `revision` is what `.Revision` renders when the request carries no
+    /// [`RevisionInfo`] extension of its own (the activator sets one per request).
     pub fn new(logger: Option<RequestLogger>, revision: RevisionInfo) -> Self {
         Self {
             shared: logger.map(|logger| Arc::new(Shared { logger, revision })),
@@ -139,7 +120,8 @@ where
         else {
             return Box::pin(self.inner.call(req));
         };
-        let noted = note(&req);
+        let mut noted = note(&req);
+        noted.revision = req.extensions().get::<Arc<RevisionInfo>>().cloned();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let rsp = fut.await?;
@@ -201,6 +183,7 @@ fn note<B>(req: &Request<B>) -> Noted {
             .unwrap_or_default(),
         headers: req.headers().clone(),
         start: Instant::now(),
+        revision: None,
     }
 }
 
@@ -231,7 +214,7 @@ fn write(shared: &Shared, noted: &Noted, code: u16, size: u64) {
             size,
             latency: noted.start.elapsed().as_secs_f64(),
         },
-        revision: &shared.revision,
+        revision: noted.revision.as_deref().unwrap_or(&shared.revision),
         trace_id: &trace,
     };
     shared.logger.log(&entry);
