@@ -12,6 +12,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
@@ -26,21 +27,49 @@ use kdp_proxy::respond::raw;
 
 use crate::report::Revision;
 use crate::revision::RevisionInfo;
-use crate::throttle::{Protocol, ThrottleError, Throttler};
+use crate::throttle::{Protocol, QueueFull, ThrottleError, Throttler};
 
 /// The activation stage.
 #[derive(Clone, Debug)]
 pub struct Activate {
     throttler: Arc<Throttler>,
     forward: Forward,
+    budget: Arc<HeldBudget>,
+}
+
+/// A process-wide bound on the memory of held requests, across revisions.
+///
+/// A held request costs its head (method, URI, headers) plus a fixed
+/// allowance for its future and queue entry; its body stays unread in the
+/// socket. When the budget is spent, new requests get the queue-full 503
+/// instead of growing the heap.
+#[derive(Debug)]
+pub struct HeldBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+/// A held request's share of the [`HeldBudget`], returned on drop.
+#[derive(Debug)]
+struct Held<'a> {
+    budget: &'a HeldBudget,
+    bytes: usize,
 }
 
 // === impl Activate ===
 
 impl Activate {
-    /// Activation through `throttler`, forwarding with `forward`.
-    pub fn new(throttler: Arc<Throttler>, forward: Forward) -> Self {
-        Self { throttler, forward }
+    /// Activation through `throttler`, forwarding with `forward`; held
+    /// requests may use at most `budget` bytes in total.
+    pub fn new(throttler: Arc<Throttler>, forward: Forward, budget: usize) -> Self {
+        Self {
+            throttler,
+            forward,
+            budget: Arc::new(HeldBudget {
+                limit: budget,
+                used: AtomicUsize::new(0),
+            }),
+        }
     }
 
     async fn handle<B>(self, mut req: Request<B>) -> Result<Response<BoxBody>, Error>
@@ -65,7 +94,12 @@ impl Activate {
             let cc = usize::try_from(info.container_concurrency).unwrap_or(usize::MAX);
             self.throttler.upsert_revision(key.clone(), cc, protocol)
         });
-        let lease = match revision.try_acquire().await {
+        let Some(held) = self.budget.reserve(head_size(&req)) else {
+            return Err(QueueFull.into());
+        };
+        let acquired = revision.try_acquire().await;
+        drop(held);
+        let lease = match acquired {
             Ok(lease) => lease,
             Err(ThrottleError::QueueFull(full)) => return Err(full.into()),
             Err(error) => {
@@ -76,6 +110,46 @@ impl Activate {
         rewrite(&mut req, lease.dest())?;
         let rsp = self.forward.forward(req).await?;
         Ok(rsp.map(|body| Guarded::boxed(body, lease)))
+    }
+}
+
+/// Fixed cost of a held request beyond its head: the request future, the
+/// queue entry and the connection's buffers, measured at about 2 KiB.
+pub const HELD_REQUEST_OVERHEAD: usize = 2048;
+
+fn head_size<B>(req: &Request<B>) -> usize {
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 32)
+        .sum();
+    HELD_REQUEST_OVERHEAD + req.uri().to_string().len() + headers
+}
+
+// === impl HeldBudget ===
+
+impl HeldBudget {
+    fn reserve(&self, bytes: usize) -> Option<Held<'_>> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.limit)
+            })
+            .ok()
+            .map(|_| Held {
+                budget: self,
+                bytes,
+            })
+    }
+
+    /// Bytes currently reserved by held requests.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
     }
 }
 
@@ -123,5 +197,36 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         Box::pin(self.clone().handle(req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_refuses_past_its_limit_and_returns_on_drop() {
+        let budget = HeldBudget {
+            limit: 5000,
+            used: AtomicUsize::new(0),
+        };
+        let a = budget.reserve(3000).unwrap();
+        assert!(budget.reserve(3000).is_none());
+        let b = budget.reserve(2000).unwrap();
+        assert_eq!(budget.used(), 5000);
+        drop(a);
+        drop(b);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn head_size_counts_headers_and_uri() {
+        let small = Request::get("/").body(()).unwrap();
+        let big = Request::get("/a-long-path?with=query")
+            .header("x-big", "v".repeat(1000))
+            .body(())
+            .unwrap();
+        assert_eq!(head_size(&small), HELD_REQUEST_OVERHEAD + 1);
+        assert!(head_size(&big) > HELD_REQUEST_OVERHEAD + 1000);
     }
 }

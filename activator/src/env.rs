@@ -46,6 +46,11 @@ pub const ENV_KDP_DRAIN_TIMEOUT: &str = "KDP_DRAIN_TIMEOUT";
 /// kdp only: requests held per revision before 503 (default 10000).
 pub const ENV_KDP_MAX_QUEUED_PER_REVISION: &str = "KDP_MAX_QUEUED_PER_REVISION";
 
+/// kdp only: bytes all held requests may use together (default 256 MiB).
+pub const ENV_KDP_HELD_BYTES_BUDGET: &str = "KDP_HELD_BYTES_BUDGET";
+/// Default budget for held requests: about 100k requests at ~2.5 KiB each.
+pub const DEFAULT_HELD_BYTES_BUDGET: usize = 256 << 20;
+
 /// Knative's `PROBE_TIMEOUT` default.
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 /// Knative's `PROBE_FREQUENCY` default.
@@ -92,6 +97,8 @@ pub struct Config {
     pub max_queued_per_revision: usize,
     /// Prometheus metrics port.
     pub metrics_port: u16,
+    /// Bytes all held requests may use together.
+    pub held_bytes_budget: usize,
 }
 
 // === impl Config ===
@@ -146,6 +153,7 @@ impl Config {
                 DEFAULT_MAX_QUEUED_PER_REVISION,
             )?,
             metrics_port: env::port_or(e, ENV_METRICS_PROMETHEUS_PORT, 9090)?,
+            held_bytes_budget: count(ENV_KDP_HELD_BYTES_BUDGET, DEFAULT_HELD_BYTES_BUDGET)?,
             system_namespace,
         })
     }

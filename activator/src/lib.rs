@@ -123,6 +123,7 @@ impl App {
             activate: activate::Activate::new(
                 throttler.clone(),
                 Forward::new(upstream.clone(), Target::FromUri),
+                config.held_bytes_budget,
             ),
             request_log: observability.request_log,
         });

@@ -471,3 +471,24 @@ async fn metrics_in_prometheus_text() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn held_bytes_budget_bounds_memory_across_revisions() {
+    let h = start(&[("KDP_HELD_BYTES_BUDGET", "5000")]).await;
+    h.api.apply(revision("hello-00001", 0, 300));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let addr = h.addr;
+    let held: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(async move { send(addr, &REV).await }))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let got = send(h.addr, &REV).await;
+    assert_eq!(
+        (got.status, got.body.as_str()),
+        (503, "pending request queue full\n")
+    );
+    assert_eq!(got.headers["retry-after"], "1");
+    for t in held {
+        t.abort();
+    }
+}
