@@ -96,19 +96,7 @@ where
         let probe = req.headers().get(&K_NETWORK_PROBE).cloned();
         match probe {
             Some(v) if v == PROBE_NETWORK => {
-                return ready(
-                    match req.headers().get(&K_NETWORK_HASH).filter(|h| !h.is_empty()) {
-                        None => http_error(
-                            StatusCode::BAD_REQUEST,
-                            "a probe request must contain a non-empty \"K-Network-Hash\" header",
-                        ),
-                        Some(hash) => {
-                            let mut rsp = raw(StatusCode::OK, "");
-                            rsp.headers_mut().insert(&K_NETWORK_HASH, hash.clone());
-                            rsp
-                        }
-                    },
-                );
+                return ready(kdp_proxy::probe::network_probe_response(req.headers()));
             }
             Some(v) if v == PROBE_ACTIVATOR => return ready(raw(StatusCode::OK, PROBE_ACTIVATOR)),
             Some(v) if !v.is_empty() => {

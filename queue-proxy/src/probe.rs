@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use http::{Request, Response, StatusCode, header};
 use kdp_core::Error;
 use kdp_core::drain::Drainer;
-use kdp_core::header::{K_NETWORK_HASH, K_NETWORK_PROBE, PROBE_NETWORK, PROBE_QUEUE};
+use kdp_core::header::{K_NETWORK_PROBE, PROBE_QUEUE};
 use kdp_proxy::body::BoxBody;
 use kdp_proxy::respond::{http_error, raw};
 
@@ -103,23 +103,11 @@ where
                 })
             });
         }
-        if probe.is_some_and(|v| v == PROBE_NETWORK) {
+        if kdp_proxy::probe::is_network_probe(headers) {
             if self.drainer.is_draining() {
                 return ready(shutting_down());
             }
-            return ready(
-                match headers.get(&K_NETWORK_HASH).filter(|h| !h.is_empty()) {
-                    None => http_error(
-                        StatusCode::BAD_REQUEST,
-                        "a probe request must contain a non-empty \"K-Network-Hash\" header",
-                    ),
-                    Some(hash) => {
-                        let mut rsp = raw(StatusCode::OK, "");
-                        rsp.headers_mut().insert(&K_NETWORK_HASH, hash.clone());
-                        rsp
-                    }
-                },
-            );
+            return ready(kdp_proxy::probe::network_probe_response(headers));
         }
         self.drainer.touch();
         let fut = self.inner.call(req);

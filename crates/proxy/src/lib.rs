@@ -11,6 +11,7 @@ pub mod body;
 pub mod breaker;
 pub mod forward;
 pub mod pool;
+pub mod probe;
 pub mod request_log;
 pub mod respond;
 pub mod serve;
