@@ -38,7 +38,7 @@ for bin in "${BINARIES[@]}"; do
         status=1
         continue
     fi
-    bytes=$(stat -c %s "$path")
+    bytes=$(stat -L -c %s "$path")
     mib=$(awk -v b="$bytes" 'BEGIN { printf "%.2f", b / 1048576 }')
     # First word of each ldd line is the soname (or the loader's path).
     libs=$(ldd "$path" | awk '{ print $1 }' | sort -u)

@@ -17,6 +17,11 @@
 //!   from a live queue-proxy;
 //! * the Dockerfiles match (numeric user, entrypoint, exposed ports), and the
 //!   operator docs name every env var the binaries read.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -391,7 +396,11 @@ async fn activator_answers_the_manifest_probes_live() {
     cfg.autoscaler_url = autoscaler.url();
     cfg.drain_timeout = Duration::ZERO;
     let listeners = kdp_activator::Listeners::bind(&cfg).await.unwrap();
-    let app = kdp_activator::App::build(cfg, listeners);
+    let app = kdp_activator::App::build(
+        cfg,
+        listeners,
+        kdp_activator::cluster::Observability::default(),
+    );
     let addrs = BTreeMap::from([
         ("http1", app.http1_addr().unwrap()),
         ("h2c", app.h2c_addr().unwrap()),
@@ -835,7 +844,8 @@ fn queue_proxy_dockerfile_fits_the_controllers_container() {
     let df = Dockerfile::read("deploy/queue-proxy.Dockerfile");
     df.check_runtime("kdp-queue-proxy", "queue-proxy");
     // The controller's security context needs nothing else from the image.
-    let sc = &container(&qp_pod()["spec"], "queue-proxy")["securityContext"];
+    let pod = qp_pod();
+    let sc = &container(&pod["spec"], "queue-proxy")["securityContext"];
     assert_eq!(sc["runAsNonRoot"], true);
     assert_eq!(sc["readOnlyRootFilesystem"], true);
     assert!(df.instr("VOLUME ").is_empty(), "nothing is written to disk");

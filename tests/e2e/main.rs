@@ -19,6 +19,11 @@
 //! Knative's `sslip.io` default domain). Each test works in its own
 //! namespace `kdp-e2e-<test>-<pid>` and deletes it at the end, also on
 //! failure.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
 
 use std::process::{Command, Output};
 use std::time::Duration;
