@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use kdp_core::env::{self, EnvError, Strings};
 
+use crate::throttle::LoadBalancing;
+
 /// This activator's pod name, sent in every `Stat`.
 pub const ENV_POD_NAME: &str = "POD_NAME";
 /// This activator's pod IP, matched against public Endpoints for subsetting.
@@ -46,6 +48,9 @@ pub const ENV_KDP_DRAIN_TIMEOUT: &str = "KDP_DRAIN_TIMEOUT";
 /// kdp only: requests held per revision before 503 (default 10000).
 pub const ENV_KDP_MAX_QUEUED_PER_REVISION: &str = "KDP_MAX_QUEUED_PER_REVISION";
 
+/// kdp only: pod choice, `least-loaded` (default) or `knative` (first
+/// available / round robin / random choice of two, as Knative picks by cc).
+pub const ENV_KDP_LOAD_BALANCING: &str = "KDP_LOAD_BALANCING";
 /// kdp only: bytes all held requests may use together (default 256 MiB).
 pub const ENV_KDP_HELD_BYTES_BUDGET: &str = "KDP_HELD_BYTES_BUDGET";
 /// Default budget for held requests: about 100k requests at ~2.5 KiB each.
@@ -99,6 +104,8 @@ pub struct Config {
     pub metrics_port: u16,
     /// Bytes all held requests may use together.
     pub held_bytes_budget: usize,
+    /// How pods are chosen.
+    pub load_balancing: LoadBalancing,
 }
 
 // === impl Config ===
@@ -154,6 +161,17 @@ impl Config {
             )?,
             metrics_port: env::port_or(e, ENV_METRICS_PROMETHEUS_PORT, 9090)?,
             held_bytes_budget: count(ENV_KDP_HELD_BYTES_BUDGET, DEFAULT_HELD_BYTES_BUDGET)?,
+            load_balancing: match env::optional(e, ENV_KDP_LOAD_BALANCING)?.as_deref() {
+                None | Some("least-loaded") => LoadBalancing::LeastLoaded,
+                Some("knative") => LoadBalancing::Knative,
+                Some(other) => {
+                    return Err(EnvError::invalid(
+                        ENV_KDP_LOAD_BALANCING,
+                        other,
+                        "use least-loaded or knative",
+                    ));
+                }
+            },
             system_namespace,
         })
     }
@@ -220,6 +238,7 @@ mod tests {
             (ENV_PROBE_FREQUENCY, "fast"),
             (ENV_MAX_IDLE_PROXY_CONNS, "-1"),
             (ENV_KDP_BIND_ADDRESS, "localhost"),
+            (ENV_KDP_LOAD_BALANCING, "random"),
         ] {
             let mut e = base();
             e.insert(var, bad);

@@ -98,7 +98,7 @@ impl App {
         });
         let throttler = Arc::new(Throttler::new(ThrottleConfig {
             max_queued: config.max_queued_per_revision,
-            ..ThrottleConfig::default()
+            load_balancing: config.load_balancing,
         }));
         let revisions = Arc::new(RevisionCache::default());
         let draining = Arc::new(AtomicBool::new(false));
