@@ -4,7 +4,8 @@
 //! names hosts, applies revision defaults and hands the autoscaler settings to the runtime).
 //! Reads `config-domain` (which domain a Service's URL uses), `config-features`
 //! (`tag-header-based-routing`), `config-defaults` (revision timeouts and concurrency) and passes
-//! `config-autoscaler`'s data through untouched: the KPA in `kdp-autoscaler` parses it.
+//! `config-autoscaler`'s data through untouched once the KPA's parser accepted it (the runtime
+//! parses it again per revision).
 //! Bad values are [`ConfigError`]s naming the ConfigMap, the key and the value.
 
 use std::collections::BTreeMap;
@@ -426,5 +427,15 @@ mod tests {
         };
         let config = LocalConfig::from_config_maps([&cm], None).unwrap();
         assert_eq!(config.autoscaler, cm.data);
+    }
+
+    #[test]
+    fn bad_autoscaler_values_are_refused_with_the_key() {
+        let cm = ConfigMap {
+            name: ConfigMapName::Autoscaler,
+            data: data(&[("stable-window", "2s")]),
+        };
+        let err = LocalConfig::from_config_maps([&cm], None).unwrap_err();
+        assert_eq!(err.key, "stable-window");
     }
 }

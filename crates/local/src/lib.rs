@@ -20,6 +20,7 @@
 //! | [`supervisor`] | replica processes: `PORT`, output prefixes, restart with backoff, SIGTERM/SIGKILL |
 //! | [`hello`] | the bundled hello-world app (`kdp hello`) |
 //! | [`status`] | the `kdp status` report |
+//! | [`plane`] | the runtime: router, activator (hold, poke, stats), queue-proxies, the KPA from `kdp-autoscaler`, `GET /.kdp/status` |
 //!
 //! # The boundary with the runtime
 //!

@@ -80,8 +80,8 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
     } else {
-        // Lifecycle lines (target `kdp`) at info; the proxies' own logs only when degraded.
-        kdp_core::log::init_pretty("warn,kdp=info");
+        // Lifecycle lines at info; the proxies' own logs only when degraded.
+        kdp_core::log::init_pretty("info,kdp_proxy=warn,kdp_queue_proxy=warn");
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -258,6 +258,7 @@ async fn run(
                 tracing::info!("stopping: draining requests and stopping every replica");
                 let _ = stop_tx.send(());
                 let _ = serving.await;
+                tracing::info!("stopped");
                 return Ok(ExitCode::SUCCESS);
             }
         }

@@ -296,7 +296,7 @@ impl fmt::Display for Change {
             Self::RevisionRemoved(k) => write!(f, "revision {k} removed"),
             Self::ConfigChanged => f.write_str("configuration changed"),
             Self::TrafficChanged { service, traffic } => {
-                write!(f, "traffic of {service}:")?;
+                write!(f, "traffic of {service} changed:")?;
                 for (i, t) in traffic.iter().enumerate() {
                     let sep = if i == 0 { " " } else { ", " };
                     write!(f, "{sep}{}% {}", t.percent, t.revision.name)?;

@@ -101,6 +101,17 @@ struct RevisionPlane {
     failure: Mutex<Option<String>>,
 }
 
+/// A revision's readiness for status conditions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Readiness {
+    /// Some replica was ready.
+    Ready,
+    /// No replica was ready yet.
+    Waiting,
+    /// Replicas cannot run, and why.
+    Failed(String),
+}
+
 /// The router's count of a request for the activator stats; dropped when the response ends.
 struct Reported {
     inner: Arc<Inner>,
@@ -463,12 +474,13 @@ impl Plane {
                     |s| s.to_stat(ACTIVATOR_POD),
                 )];
                 stats.extend(rev.ready.borrow().iter().map(|r| r.stats.snapshot()));
-                let poked = {
+                let mut poked = false;
+                {
                     let mut kpa = rev.kpa();
-                    stats
-                        .iter()
-                        .fold(false, |poked, stat| kpa.record(at, stat) || poked)
-                };
+                    for stat in &stats {
+                        poked |= kpa.record(at, stat);
+                    }
+                }
                 if poked {
                     self.spawn_scale(&rev);
                 }
@@ -509,9 +521,14 @@ impl Plane {
         if want == current {
             return;
         }
+        let waiting = if current == 0 && rev.held.load(Ordering::Acquire) > 0 {
+            "requests waiting, "
+        } else {
+            ""
+        };
         tracing::info!(
             target: "kdp",
-            "revision {}: scaled from {current} to {want} ({})",
+            "revision {}: scaled from {current} to {want} ({waiting}{})",
             rev.revision.key.name,
             explain(&step, want)
         );
@@ -541,8 +558,7 @@ impl Plane {
             let is_ready = |r: &Arc<Running>| ready.iter().any(|x| Arc::ptr_eq(x, r));
             replicas.sort_by_key(|r| (!is_ready(r), r.label.len(), r.label.clone()));
             for victim in replicas.split_off(want) {
-                victim.stopping.store(true, Ordering::Release);
-                rev.set_ready(|ready| ready.retain(|x| !Arc::ptr_eq(x, &victim)));
+                rev.stop_routing(&victim);
                 tokio::spawn(drain_and_stop(victim, rev.revision.timeout));
             }
             // Keep the oldest first for the next scale-down.
@@ -565,10 +581,11 @@ impl Plane {
         let mut stops = Vec::new();
         for rev in planes {
             rev.retired.store(true, Ordering::Release);
-            rev.set_ready(Vec::clear);
             for replica in rev.replicas.lock().await.drain(..) {
+                rev.stop_routing(&replica);
                 stops.push(tokio::spawn(drain_and_stop(replica, Duration::ZERO)));
             }
+            rev.capacity.notify_waiters();
         }
         for stop in stops {
             let _ = stop.await;
@@ -625,6 +642,13 @@ impl RevisionPlane {
         None
     }
 
+    /// Marks the replica as stopping and takes it out of the ready set for good.
+    fn stop_routing(&self, replica: &Arc<Running>) {
+        // Set before taking the ready lock, so `become_ready` cannot add it back.
+        replica.stopping.store(true, Ordering::Release);
+        self.set_ready(|ready| ready.retain(|x| !Arc::ptr_eq(x, replica)));
+    }
+
     /// Changes the ready set and wakes held requests.
     fn set_ready(&self, change: impl FnOnce(&mut Vec<Arc<Running>>)) {
         self.ready.send_modify(change);
@@ -646,13 +670,7 @@ impl RevisionPlane {
     }
 }
 
-/// A revision's readiness for status conditions.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Readiness {
-    Ready,
-    Waiting,
-    Failed(String),
-}
+// === impl Readiness ===
 
 impl Readiness {
     fn and(self, other: Self) -> Self {
@@ -737,17 +755,24 @@ async fn watch_replica(
 /// Adds the replica to the ready set once its queue-proxy says the process is ready.
 async fn become_ready(rev: Arc<RevisionPlane>, running: Arc<Running>) {
     let started = Instant::now();
-    if !replica::wait_ready(&running, READY_LIMIT).await || running.stopping.load(Ordering::Acquire)
-    {
+    if !replica::wait_ready(&running, READY_LIMIT).await {
         return;
     }
     let mut first = false;
+    let mut added = false;
     rev.set_ready(|ready| {
-        if !ready.iter().any(|x| Arc::ptr_eq(x, &running)) {
+        // Checked under the ready lock: see `stop_routing`.
+        if !running.stopping.load(Ordering::Acquire)
+            && !ready.iter().any(|x| Arc::ptr_eq(x, &running))
+        {
+            added = true;
             first = ready.is_empty();
             ready.push(running.clone());
         }
     });
+    if !added {
+        return;
+    }
     *lock(&rev.failure) = None;
     rev.ever_ready.store(true, Ordering::Release);
     let took = started.elapsed().as_millis();
@@ -773,11 +798,15 @@ async fn retire(rev: Arc<RevisionPlane>) {
     let mut replicas = rev.replicas.lock().await;
     rev.retired.store(true, Ordering::Release);
     let count = replicas.len();
-    rev.set_ready(Vec::clear);
     let stops: Vec<_> = replicas
         .drain(..)
-        .map(|r| tokio::spawn(drain_and_stop(r, rev.revision.timeout)))
+        .map(|r| {
+            rev.stop_routing(&r);
+            tokio::spawn(drain_and_stop(r, rev.revision.timeout))
+        })
         .collect();
+    // Held requests see `retired` and give up.
+    rev.capacity.notify_waiters();
     rev.replica_count.store(0, Ordering::Release);
     drop(replicas);
     if count > 0 {

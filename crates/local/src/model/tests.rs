@@ -142,6 +142,13 @@ fn autoscale_and_config_domain_examples() {
 }
 
 #[test]
+fn scale_to_zero_example() {
+    let m = load(&[deploy("scale-to-zero.yaml")]);
+    assert_eq!(m.services[0].url, "http://hello-zero.default.example.com");
+    assert_eq!(m.config.autoscaler["scale-to-zero-grace-period"], "6s");
+}
+
+#[test]
 fn deploy_folder_loads_as_a_whole() {
     // All examples at once would put two helloworld-go Services in `default`: one is enough
     // to prove the folder parses; routes are checked per file above.
@@ -183,7 +190,7 @@ fn reload_creates_revisions_and_reports_changes() {
         [
             "service default/hello added",
             "revision default/hello-00001 created",
-            "traffic of default/hello: 100% hello-00001 (latest)",
+            "traffic of default/hello changed: 100% hello-00001 (latest)",
         ]
     );
     let same = build(V1, &mut h).unwrap();
@@ -198,7 +205,7 @@ fn reload_creates_revisions_and_reports_changes() {
         c2,
         [
             "revision default/hello-00002 created",
-            "traffic of default/hello: 100% hello-00002 (latest)",
+            "traffic of default/hello changed: 100% hello-00002 (latest)",
         ]
     );
     assert_eq!(m2.revisions.len(), 2);

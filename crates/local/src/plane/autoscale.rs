@@ -9,7 +9,7 @@
 //! forced to 0), as in Knative. Nothing here does I/O or fails.
 
 use kdp_autoscaler::{
-    Activity, Buckets, Config, Decider, DeciderSpec, KpaParams, PodAutoscaler, ReconcileInput,
+    Buckets, Config, Decider, DeciderSpec, KpaParams, PodAutoscaler, ReconcileInput,
     RevisionAnnotations, Timestamp,
 };
 use kdp_stats::Stat;
@@ -114,7 +114,7 @@ impl Kpa {
     /// Whether the PodAutoscaler is *Inactive* (scaled, or scaling, to zero).
     #[cfg(test)]
     pub(super) fn inactive(&self) -> bool {
-        self.pa.status().activity == Activity::Inactive
+        self.pa.status().activity == kdp_autoscaler::Activity::Inactive
     }
 
     /// Records one stat; true when it is a poke that should run [`step`](Self::step) now.
