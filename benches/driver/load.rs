@@ -39,6 +39,9 @@ pub(crate) enum Mode {
 /// Latencies above this (60 s) are recorded as this.
 const MAX_LATENCY_NS: u64 = 60_000_000_000;
 
+/// Lateness past which an open-loop request counts as `late`.
+const LATE: Duration = Duration::from_millis(1);
+
 /// One load run.
 #[derive(Clone, Debug)]
 pub(crate) struct LoadSpec {
@@ -61,7 +64,8 @@ pub(crate) struct LoadResult {
     pub(crate) ok: u64,
     /// Transport errors and non-2xx answers.
     pub(crate) failed: u64,
-    /// Open loop: requests sent late because every connection was busy.
+    /// Open loop: requests sent more than [`LATE`] behind schedule because
+    /// every connection was busy.
     pub(crate) late: u64,
     /// Response body bytes of the `ok` requests.
     pub(crate) bytes: u64,
@@ -198,8 +202,11 @@ async fn worker(
                     break;
                 }
                 let intended = start + offset;
-                if Instant::now() > intended {
-                    out.late += 1;
+                let now = Instant::now();
+                if now > intended {
+                    if now - intended > LATE {
+                        out.late += 1;
+                    }
                     Some(intended)
                 } else {
                     tokio::time::sleep_until(intended).await;

@@ -87,10 +87,21 @@ impl Managed {
         }
     }
 
-    /// SIGKILL and reap.
+    /// SIGKILL and reap. A process with children (nginx's master) gets a
+    /// SIGTERM and 2 s to stop them first; children it leaves behind are
+    /// killed too.
     pub(crate) async fn kill(&mut self) {
+        let orphans = identify(&children_of(self.pid));
+        if !orphans.is_empty() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.pid.to_string()])
+                .status()
+                .await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await;
+        }
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
+        kill_all(&orphans);
     }
 
     /// The last lines of the log, for error messages.
@@ -99,6 +110,50 @@ impl Managed {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(5)..].join("\n")
     }
+}
+
+impl Drop for Managed {
+    /// Also on early returns: no process of a run outlives the driver.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let orphans = identify(&children_of(self.pid));
+            let _ = self.child.start_kill();
+            kill_all(&orphans);
+        }
+    }
+}
+
+/// A process id with its start time (field 22 of `/proc/<pid>/stat`), so
+/// that a recycled id is never mistaken for it.
+type ProcId = (u32, u64);
+
+fn identify(pids: &[u32]) -> Vec<ProcId> {
+    pids.iter()
+        .filter_map(|&pid| Some((pid, start_time(pid)?)))
+        .collect()
+}
+
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    after_comm(&stat).get(19)?.parse().ok()
+}
+
+/// SIGKILL (through `kill(1)`) to each of `procs` that is still the same
+/// process: children of ours that outlived their parent.
+fn kill_all(procs: &[ProcId]) {
+    let alive: Vec<String> = procs
+        .iter()
+        .filter(|&&(pid, started)| start_time(pid) == Some(started))
+        .map(|(pid, _)| pid.to_string())
+        .collect();
+    if alive.is_empty() {
+        return;
+    }
+    let _ = std::process::Command::new("kill")
+        .arg("-KILL")
+        .args(alive)
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// Clock ticks per second of `/proc/<pid>/stat` times.

@@ -10,7 +10,7 @@ pub(crate) struct RunStats {
     pub(crate) round: usize,
     pub(crate) ok: u64,
     pub(crate) failed: u64,
-    /// Open loop: requests sent late because every connection was busy.
+    /// Open loop: requests sent over 1 ms late because every connection was busy.
     pub(crate) late: u64,
     pub(crate) rps: f64,
     /// Response body throughput, MB/s (10^6 bytes).
