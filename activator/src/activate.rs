@@ -33,7 +33,9 @@ use crate::throttle::{Protocol, QueueFull, ThrottleError, Throttler};
 #[derive(Clone, Debug)]
 pub struct Activate {
     throttler: Arc<Throttler>,
-    forward: Forward,
+    // Behind an `Arc`: every request's future holds a clone of `Activate`,
+    // and a `Forward` (two pooled clients) is ~700 bytes.
+    forward: Arc<Forward>,
     budget: Arc<HeldBudget>,
 }
 
@@ -64,7 +66,7 @@ impl Activate {
     pub fn new(throttler: Arc<Throttler>, forward: Forward, budget: usize) -> Self {
         Self {
             throttler,
-            forward,
+            forward: Arc::new(forward),
             budget: Arc::new(HeldBudget {
                 limit: budget,
                 used: AtomicUsize::new(0),
@@ -108,7 +110,8 @@ impl Activate {
             }
         };
         rewrite(&mut req, lease.dest())?;
-        let rsp = self.forward.forward(req).await?;
+        // Boxed so that a held request does not carry the forwarding state.
+        let rsp = Box::pin(self.forward.forward(req)).await?;
         Ok(rsp.map(|body| Guarded::boxed(body, lease)))
     }
 }

@@ -51,6 +51,9 @@ pub const ENV_KDP_MAX_QUEUED_PER_REVISION: &str = "KDP_MAX_QUEUED_PER_REVISION";
 /// kdp only: pod choice, `least-loaded` (default) or `knative` (first
 /// available / round robin / random choice of two, as Knative picks by cc).
 pub const ENV_KDP_LOAD_BALANCING: &str = "KDP_LOAD_BALANCING";
+/// kdp only: Go's `ReadHeaderTimeout` on the serving ports, as a Go duration
+/// (default 60s): time from accept to a complete request head.
+pub const ENV_KDP_HEADER_READ_TIMEOUT: &str = "KDP_HEADER_READ_TIMEOUT";
 /// kdp only: bytes all held requests may use together (default 256 MiB).
 pub const ENV_KDP_HELD_BYTES_BUDGET: &str = "KDP_HELD_BYTES_BUDGET";
 /// Default budget for held requests: about 100k requests at ~2.5 KiB each.
@@ -106,6 +109,8 @@ pub struct Config {
     pub held_bytes_budget: usize,
     /// How pods are chosen.
     pub load_balancing: LoadBalancing,
+    /// Time from accept to a complete request head.
+    pub header_read_timeout: Duration,
 }
 
 // === impl Config ===
@@ -161,6 +166,11 @@ impl Config {
             )?,
             metrics_port: env::port_or(e, ENV_METRICS_PROMETHEUS_PORT, 9090)?,
             held_bytes_budget: count(ENV_KDP_HELD_BYTES_BUDGET, DEFAULT_HELD_BYTES_BUDGET)?,
+            header_read_timeout: env::duration_or(
+                e,
+                ENV_KDP_HEADER_READ_TIMEOUT,
+                kdp_proxy::serve::HEADER_READ_TIMEOUT,
+            )?,
             load_balancing: match env::optional(e, ENV_KDP_LOAD_BALANCING)?.as_deref() {
                 None | Some("least-loaded") => LoadBalancing::LeastLoaded,
                 Some("knative") => LoadBalancing::Knative,

@@ -209,13 +209,13 @@ impl App {
         servers.spawn(serve(
             self.listeners.http1,
             self.stack.clone(),
-            ServeConfig::new("http1"),
+            serve_config("http1", &self.config),
             stopped(),
         ));
         servers.spawn(serve(
             self.listeners.h2c,
             self.stack,
-            ServeConfig::new("h2c"),
+            serve_config("h2c", &self.config),
             stopped(),
         ));
         if let Some(listener) = self.listeners.metrics {
@@ -223,7 +223,7 @@ impl App {
             servers.spawn(serve(
                 listener,
                 svc,
-                ServeConfig::new("metrics").http1_only(),
+                serve_config("metrics", &self.config).http1_only(),
                 stopped(),
             ));
         }
@@ -239,6 +239,14 @@ impl App {
         }
         tracing::info!("activator stopped");
     }
+}
+
+/// Knative's server settings for the port `name`, with the configured
+/// header read timeout.
+fn serve_config(name: &'static str, config: &Config) -> ServeConfig {
+    let mut serve = ServeConfig::new(name);
+    serve.header_read_timeout = config.header_read_timeout;
+    serve
 }
 
 /// The metrics port: `GET /metrics` renders Prometheus text; other paths 404.

@@ -67,6 +67,9 @@ pub const ENV_KDP_METRICS_PORT: &str = "KDP_METRICS_PORT";
 pub const ENV_KDP_DRAIN_QUIET_PERIOD: &str = "KDP_DRAIN_QUIET_PERIOD";
 /// kdp only: folder holding `tls.crt` and `tls.key` (default `/var/lib/knative/certs`).
 pub const ENV_KDP_CERT_DIR: &str = "KDP_CERT_DIR";
+/// kdp only: Go's `ReadHeaderTimeout` on every port, as a Go duration
+/// (default 60s, Knative's value): time from accept to a complete request head.
+pub const ENV_KDP_HEADER_READ_TIMEOUT: &str = "KDP_HEADER_READ_TIMEOUT";
 
 /// Knative's admin port.
 pub const DEFAULT_ADMIN_PORT: u16 = 8022;
@@ -116,6 +119,8 @@ pub struct Config {
     pub observability: Observability,
     /// Drain quiet period.
     pub drain_quiet_period: Duration,
+    /// Time from accept to a complete request head, on every port.
+    pub header_read_timeout: Duration,
     /// Folder of `tls.crt`/`tls.key`.
     pub cert_dir: PathBuf,
     /// TLS versions, suites and curves from `QUEUE_PROXY_TLS_*`.
@@ -241,6 +246,11 @@ impl Config {
                 e,
                 ENV_KDP_DRAIN_QUIET_PERIOD,
                 kdp_core::drain::DEFAULT_QUIET_PERIOD,
+            )?,
+            header_read_timeout: env::duration_or(
+                e,
+                ENV_KDP_HEADER_READ_TIMEOUT,
+                kdp_proxy::serve::HEADER_READ_TIMEOUT,
             )?,
             cert_dir: env::optional(e, ENV_KDP_CERT_DIR)?
                 .map_or_else(|| PathBuf::from(DEFAULT_CERT_DIR), PathBuf::from),

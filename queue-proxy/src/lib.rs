@@ -290,26 +290,26 @@ impl App {
                 listener,
                 acceptor,
                 stack.clone(),
-                ServeConfig::new("tls"),
+                serve_config("tls", &config),
                 stopped(),
             ));
         }
         servers.spawn(serve(
             listeners.main,
             stack,
-            ServeConfig::new("main"),
+            serve_config("main", &config),
             stopped(),
         ));
         servers.spawn(serve(
             listeners.admin,
             admin_svc,
-            ServeConfig::new("admin").http1_only(),
+            serve_config("admin", &config).http1_only(),
             stopped(),
         ));
         servers.spawn(serve(
             listeners.metrics,
             metrics_svc,
-            ServeConfig::new("metrics").http1_only(),
+            serve_config("metrics", &config).http1_only(),
             stopped(),
         ));
         if let (Some(listener), Some(metrics)) = (listeners.user_metrics, metrics) {
@@ -321,7 +321,7 @@ impl App {
             servers.spawn(serve(
                 listener,
                 svc,
-                ServeConfig::new("user-metrics").http1_only(),
+                serve_config("user-metrics", &config).http1_only(),
                 stopped(),
             ));
         }
@@ -341,6 +341,14 @@ impl App {
         reporter.abort();
         tracing::info!("Shutdown complete, exiting...");
     }
+}
+
+/// Knative's server settings for the port `name`, with the configured
+/// header read timeout.
+fn serve_config(name: &'static str, config: &Config) -> ServeConfig {
+    let mut serve = ServeConfig::new(name);
+    serve.header_read_timeout = config.header_read_timeout;
+    serve
 }
 
 /// The request logger `OBSERVABILITY_CONFIG` asks for, or `None`.

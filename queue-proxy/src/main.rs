@@ -12,6 +12,15 @@ fn main() {
             std::process::exit(i32::from(EX_USAGE));
         }
     };
+    // The probe JSON is configuration too: refuse it before any port opens.
+    if let Err(err) = kdp_queue_proxy::readiness::parse_probes(
+        &config.readiness_probe,
+        config.multi_container_probes,
+    ) {
+        let err = kdp_queue_proxy::BuildError::ReadinessProbe(err);
+        eprint_line(&kdp_core::ErrorChain(&err).to_string());
+        std::process::exit(i32::from(EX_USAGE));
+    }
     kdp_core::log::init(&config.log_level);
     kdp_proxy::tls::install_default_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -7,7 +7,10 @@
 //! picks HTTP/1.1 or h2c upstream by the inbound protocol, and relays
 //! protocol upgrades (websockets) as byte tunnels that it tracks so a drain
 //! can wait for them. Errors are the pool's (dial failures, resets); the
-//! edge turns them into 502s.
+//! edge turns them into 502s. A bodiless idempotent request that fails on a
+//! reused upstream connection before any response byte (the user container
+//! closed an idle keep-alive connection as the request went out) is sent
+//! again on another connection, as Go's transport does.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,14 +19,16 @@ use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Extensions, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioIo;
-use kdp_core::Error;
 use kdp_core::header::X_FORWARDED_FOR;
+use kdp_core::{Error, ErrorChain, cause_ref};
 use tokio::sync::Notify;
 
 use crate::body::{self, BoxBody};
-use crate::pool::{Target, Upstream};
+use crate::pool::{ConnUses, Dialer, Target, Upstream};
 use crate::timeout::RequestDeadline;
 
 /// The downstream peer's address; [`serve`](crate::serve) puts it in every request's extensions.
@@ -59,6 +64,19 @@ pub struct UpgradeMismatch {
     /// The protocol the upstream switched to.
     pub got: String,
 }
+
+/// What is needed to send a bodiless request again.
+#[derive(Debug)]
+struct Replay {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    extensions: Extensions,
+}
+
+/// Most replays of one request; each one consumed a dead pooled connection.
+const MAX_REPLAYS: usize = 8;
 
 /// Headers that describe one hop only (RFC 9110 §7.6.1, plus Go's list).
 const HOP_BY_HOP: [HeaderName; 9] = [
@@ -125,6 +143,9 @@ impl Forward {
         } else {
             Version::HTTP_11
         };
+        let replay = (upgrade.is_none() && body.is_end_stream())
+            .then(|| Replay::of(&parts))
+            .flatten();
         let req = Request::from_parts(parts, body::boxed(body));
 
         let client = if inbound_h2 {
@@ -132,7 +153,7 @@ impl Forward {
         } else {
             self.upstream.http1()
         };
-        let mut rsp = client.request(req).await?;
+        let mut rsp = send(client, req, replay).await?;
 
         if let (StatusCode::SWITCHING_PROTOCOLS, Some((want, downstream))) = (rsp.status(), upgrade)
         {
@@ -181,6 +202,91 @@ impl Forward {
             .authority(authority)
             .path_and_query(path)
             .build()?)
+    }
+}
+
+/// Sends `req`, replaying it while it fails on a reused connection that the
+/// upstream closed before answering (Go's `shouldRetryRequest`: replayable
+/// request, reused connection, nothing read). hyper-util's own retry only
+/// covers requests that were never written.
+async fn send(
+    client: &Client<Dialer, BoxBody>,
+    mut req: Request<BoxBody>,
+    replay: Option<Replay>,
+) -> Result<Response<Incoming>, Error> {
+    let mut replays = 0;
+    loop {
+        match client.request(req).await {
+            Ok(rsp) => {
+                if let Some(uses) = rsp.extensions().get::<ConnUses>() {
+                    uses.record();
+                }
+                return Ok(rsp);
+            }
+            Err(err) => {
+                let Some(again) = replay
+                    .as_ref()
+                    .filter(|_| replays < MAX_REPLAYS && closed_before_answering(&err))
+                else {
+                    return Err(err.into());
+                };
+                tracing::debug!(error = %ErrorChain(&err), "reused upstream connection closed; sending again");
+                replays += 1;
+                req = again.request();
+            }
+        }
+    }
+}
+
+/// True when a reused pooled connection failed before any response: the
+/// upstream closed it (EOF) or reset it as the request went out.
+fn closed_before_answering(err: &hyper_util::client::legacy::Error) -> bool {
+    if err.is_connect() {
+        return false;
+    }
+    let reused = err.connect_info().is_some_and(|info| {
+        let mut extensions = Extensions::new();
+        info.get_extras(&mut extensions);
+        extensions.get::<ConnUses>().is_some_and(|u| u.count() > 0)
+    });
+    let closed = cause_ref::<hyper::Error>(err).is_some_and(hyper::Error::is_incomplete_message)
+        || cause_ref::<std::io::Error>(err).is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            )
+        });
+    reused && closed
+}
+
+// === impl Replay ===
+
+impl Replay {
+    /// Only Go's replayable methods qualify (GET, HEAD, OPTIONS, TRACE).
+    fn of(parts: &http::request::Parts) -> Option<Self> {
+        matches!(
+            parts.method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+        )
+        .then(|| Self {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            extensions: parts.extensions.clone(),
+        })
+    }
+
+    fn request(&self) -> Request<BoxBody> {
+        let mut req = Request::new(body::empty());
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        *req.extensions_mut() = self.extensions.clone();
+        req
     }
 }
 

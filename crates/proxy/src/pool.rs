@@ -6,17 +6,23 @@
 //! Knative does. Connections are dialled by [`Dialer`], which mirrors
 //! Knative's dialer: TCP keepalive 5 s, no Nagle, and an exponential
 //! back-off that retries only dial *timeouts* (a refused connection fails at
-//! once and becomes a 502).
+//! once and becomes a 502). Each connection carries a [`ConnUses`] counter,
+//! so the forwarder can tell a reused connection that the upstream closed
+//! under it (safe to retry an idempotent request on) from a fresh one.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Uri;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -56,6 +62,23 @@ pub struct Upstream {
 #[derive(Clone, Copy, Debug)]
 pub struct Dialer {
     target: Target,
+}
+
+/// Responses an upstream connection has delivered so far.
+///
+/// Every response (and every error) of the pool carries its connection's
+/// counter in its extensions / connect info; the forwarder bumps it when
+/// response headers arrive. A connection that fails before answering while
+/// its count is above zero was *reused*: Go's transport retries idempotent
+/// requests in exactly that case.
+#[derive(Clone, Debug, Default)]
+pub struct ConnUses(Arc<AtomicUsize>);
+
+/// An upstream TCP connection, tagged with its [`ConnUses`].
+#[derive(Debug)]
+pub struct UpstreamConn {
+    tcp: TcpStream,
+    uses: ConnUses,
 }
 
 /// A failed dial. `Display` reads like Go's `net` errors so 502 bodies match Knative's.
@@ -149,7 +172,7 @@ enum DialTarget {
 }
 
 impl tower::Service<Uri> for Dialer {
-    type Response = TokioIo<TcpStream>;
+    type Response = TokioIo<UpstreamConn>;
     type Error = DialError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, DialError>> + Send>>;
 
@@ -179,8 +202,73 @@ impl tower::Service<Uri> for Dialer {
                     .with_time(TCP_KEEPALIVE)
                     .with_interval(TCP_KEEPALIVE),
             );
-            Ok(TokioIo::new(stream))
+            Ok(TokioIo::new(UpstreamConn {
+                tcp: stream,
+                uses: ConnUses::default(),
+            }))
         })
+    }
+}
+
+// === impl ConnUses ===
+
+impl ConnUses {
+    /// Responses delivered on this connection so far.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Records one more response.
+    pub fn record(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+// === impl UpstreamConn ===
+
+impl Connection for UpstreamConn {
+    fn connected(&self) -> Connected {
+        self.tcp.connected().extra(self.uses.clone())
+    }
+}
+
+impl AsyncRead for UpstreamConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for UpstreamConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
     }
 }
 

@@ -9,12 +9,17 @@
 //!
 //! Server settings follow Go's `net/http` as Knative runs it: a header read
 //! timeout (60 s), a 1 MiB header limit (larger heads get 431), no idle
-//! timeout, and HTTP/2 with 250 concurrent streams.
+//! timeout, and HTTP/2 with 250 concurrent streams. As in Go, the header
+//! read timeout counts from accept: it also bounds the TLS handshake and the
+//! first bytes (hyper's own timer starts only once the protocol is known, so
+//! a silent connection or a stalled HTTP/2 preface would otherwise be held
+//! forever).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -22,8 +27,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 use tracing::Instrument;
 
@@ -58,6 +64,20 @@ pub trait Accept: Clone + Send + Sync + 'static {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Plain;
 
+/// The HTTP/2 connection preface; hyper-util reads this much (or up to the
+/// first byte that differs) before it picks a protocol.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A connection whose reads fail with `TimedOut` at a deadline until the
+/// protocol is known: the first byte that is not part of the HTTP/2
+/// preface (hyper's HTTP/1 header timer takes over from there), or the whole
+/// preface. Afterwards it is a plain pass-through.
+struct SniffDeadline<I> {
+    io: I,
+    deadline: Option<Pin<Box<Sleep>>>,
+    matched: usize,
+}
+
 // === impl ServeConfig ===
 
 impl ServeConfig {
@@ -74,6 +94,93 @@ impl ServeConfig {
     pub fn http1_only(mut self) -> Self {
         self.http2 = false;
         self
+    }
+}
+
+// === impl SniffDeadline ===
+
+impl<I> SniffDeadline<I> {
+    fn new(io: I, deadline: Instant) -> Self {
+        Self {
+            io,
+            deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
+            matched: 0,
+        }
+    }
+
+    /// Follows the bytes read so far; disarms once the protocol is known.
+    fn saw(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            self.deadline = None;
+        }
+        for b in bytes {
+            if H2_PREFACE.get(self.matched) != Some(b) {
+                self.deadline = None;
+                return;
+            }
+            self.matched += 1;
+        }
+        if self.matched >= H2_PREFACE.len() {
+            self.deadline = None;
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for SniffDeadline<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.deadline.is_none() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                this.saw(buf.filled().get(before..).unwrap_or_default());
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match this.deadline.as_mut().map(|d| d.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no request head within the header read timeout",
+                ))),
+                _ => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for SniffDeadline<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -153,6 +260,7 @@ pub async fn serve_with<A, S>(
             () = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
+        let head_deadline = Instant::now() + config.header_read_timeout;
         let acceptor = acceptor.clone();
         let service = service.clone();
         let watcher = graceful.watcher();
@@ -160,10 +268,14 @@ pub async fn serve_with<A, S>(
         let span = tracing::debug_span!("conn", server = config.name, %peer);
         tokio::spawn(
             async move {
-                let io = match acceptor.accept(tcp).await {
-                    Ok(io) => io,
-                    Err(error) => {
+                let io = match tokio::time::timeout_at(head_deadline, acceptor.accept(tcp)).await {
+                    Ok(Ok(io)) => SniffDeadline::new(io, head_deadline),
+                    Ok(Err(error)) => {
                         tracing::debug!(%error, "handshake failed");
+                        return;
+                    }
+                    Err(_elapsed) => {
+                        tracing::debug!("handshake timed out");
                         return;
                     }
                 };
