@@ -637,14 +637,19 @@ async fn aggressive_failure_logs_once_per_run() {
         .filter(|line| line.contains("aggressive probe error"))
         .count();
     assert_eq!(aggressive, 2, "{out:?}");
-    // About one attempt per 50 ms over the 300 ms window.
+    // About one attempt per retry interval over the 300 ms window (fewer
+    // when the machine is busy, never more).
     let failed: u32 = out[0]
         .strip_prefix("aggressive probe error (failed ")
         .and_then(|rest| rest.split(' ').next())
         .unwrap()
         .parse()
         .unwrap();
-    assert!((5..=8).contains(&failed), "{failed}");
+    let most = u32::try_from(300 / RETRY_INTERVAL.as_millis()).unwrap() + 2;
+    assert!(
+        (3..=most).contains(&failed),
+        "{failed} attempts, at most {most}"
+    );
 }
 
 // === handlers (P14, P15) ===
