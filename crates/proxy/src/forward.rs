@@ -20,7 +20,6 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Extensions, Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioIo;
 use kdp_core::header::X_FORWARDED_FOR;
@@ -28,7 +27,7 @@ use kdp_core::{Error, ErrorChain, cause_ref};
 use tokio::sync::Notify;
 
 use crate::body::{self, BoxBody};
-use crate::pool::{ConnUses, Dialer, Target, Upstream};
+use crate::pool::{ConnUses, Dialer, Http1Pool, Target, Upstream};
 use crate::timeout::RequestDeadline;
 
 /// The downstream peer's address; [`serve`](crate::serve) puts it in every request's extensions.
@@ -137,23 +136,23 @@ impl Forward {
         if let Some(ClientAddr(peer)) = parts.extensions.get::<ClientAddr>() {
             append_forwarded_for(&mut parts.headers, peer.ip());
         }
-        parts.uri = self.upstream_uri(&parts.uri, &parts.headers, inbound_h2)?;
-        parts.version = if inbound_h2 {
-            Version::HTTP_2
+        if inbound_h2 {
+            parts.uri = self.upstream_uri(&parts.uri, &parts.headers)?;
+            parts.version = Version::HTTP_2;
         } else {
-            Version::HTTP_11
-        };
+            // The HTTP/1 pool sends origin-form and dials the target itself.
+            parts.version = Version::HTTP_11;
+        }
         let replay = (upgrade.is_none() && body.is_end_stream())
             .then(|| Replay::of(&parts))
             .flatten();
         let req = Request::from_parts(parts, body::boxed(body));
 
-        let client = if inbound_h2 {
-            self.upstream.http2()
+        let mut rsp = if inbound_h2 {
+            send_h2(self.upstream.http2(), req, replay).await?
         } else {
-            self.upstream.http1()
+            send_h1(self.upstream.http1(), req, replay).await?
         };
-        let mut rsp = send(client, req, replay).await?;
 
         if let (StatusCode::SWITCHING_PROTOCOLS, Some((want, downstream))) = (rsp.status(), upgrade)
         {
@@ -171,18 +170,18 @@ impl Forward {
             }
             let upstream = hyper::upgrade::on(&mut rsp);
             self.tunnels.spawn(downstream, upstream, deadline);
-            return Ok(rsp.map(body::boxed));
+            return Ok(rsp);
         }
         strip_hop_by_hop(rsp.headers_mut(), false);
-        Ok(rsp.map(body::boxed))
+        Ok(rsp)
     }
 
-    fn upstream_uri(&self, uri: &Uri, headers: &HeaderMap, inbound_h2: bool) -> Result<Uri, Error> {
+    /// The absolute URI an h2 request goes out with: h2 carries the Host in
+    /// `:authority`, so a fixed target keeps the client's.
+    fn upstream_uri(&self, uri: &Uri, headers: &HeaderMap) -> Result<Uri, Error> {
         let authority = match self.target {
             Target::FromUri => return Ok(uri.clone()),
-            // h2 carries the Host in :authority, so keep the client's; HTTP/1
-            // keeps the Host header and dials the fixed address either way.
-            Target::Fixed(addr) if inbound_h2 => uri
+            Target::Fixed(addr) => uri
                 .authority()
                 .cloned()
                 .or_else(|| {
@@ -191,7 +190,6 @@ impl Forward {
                         .and_then(|h| Authority::try_from(h.as_bytes()).ok())
                 })
                 .map_or_else(|| Authority::try_from(addr.to_string()), Ok)?,
-            Target::Fixed(addr) => Authority::try_from(addr.to_string())?,
         };
         let path = uri
             .path_and_query()
@@ -205,15 +203,40 @@ impl Forward {
     }
 }
 
-/// Sends `req`, replaying it while it fails on a reused connection that the
-/// upstream closed before answering (Go's `shouldRetryRequest`: replayable
-/// request, reused connection, nothing read). hyper-util's own retry only
-/// covers requests that were never written.
-async fn send(
+/// Sends `req` over HTTP/1.1, replaying it while it fails on a reused
+/// connection that the upstream closed before answering (Go's
+/// `shouldRetryRequest`: replayable request, reused connection, nothing
+/// read). The pool itself only resends requests that were never written.
+async fn send_h1(
+    pool: &Http1Pool,
+    mut req: Request<BoxBody>,
+    replay: Option<Replay>,
+) -> Result<Response<BoxBody>, Error> {
+    let mut replays = 0;
+    loop {
+        match pool.send(req).await {
+            Ok(rsp) => return Ok(rsp.map(body::boxed)),
+            Err(err) => {
+                let Some(again) = replay
+                    .as_ref()
+                    .filter(|_| replays < MAX_REPLAYS && err.closed_before_answering())
+                else {
+                    return Err(err.into());
+                };
+                tracing::debug!(error = %ErrorChain(&err), "reused upstream connection closed; sending again");
+                replays += 1;
+                req = again.request();
+            }
+        }
+    }
+}
+
+/// [`send_h1`] for h2c, on hyper-util's pool (one multiplexed connection).
+async fn send_h2(
     client: &Client<Dialer, BoxBody>,
     mut req: Request<BoxBody>,
     replay: Option<Replay>,
-) -> Result<Response<Incoming>, Error> {
+) -> Result<Response<BoxBody>, Error> {
     let mut replays = 0;
     loop {
         match client.request(req).await {
@@ -221,7 +244,7 @@ async fn send(
                 if let Some(uses) = rsp.extensions().get::<ConnUses>() {
                     uses.record();
                 }
-                return Ok(rsp);
+                return Ok(rsp.map(body::boxed));
             }
             Err(err) => {
                 let Some(again) = replay
@@ -238,8 +261,7 @@ async fn send(
     }
 }
 
-/// True when a reused pooled connection failed before any response: the
-/// upstream closed it (EOF) or reset it as the request went out.
+/// True when a reused pooled h2 connection failed before any response.
 fn closed_before_answering(err: &hyper_util::client::legacy::Error) -> bool {
     if err.is_connect() {
         return false;

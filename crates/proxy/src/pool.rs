@@ -19,6 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Uri;
+use http::uri::Authority;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -27,6 +28,10 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::body::BoxBody;
+
+mod http1;
+
+pub use http1::{Http1Error, Http1Pool, PooledBody};
 
 /// Idle upstream connections are closed after this long (Go's transport default).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -54,7 +59,7 @@ pub struct PoolConfig {
 /// The two upstream pools, HTTP/1.1 and h2c.
 #[derive(Clone, Debug)]
 pub struct Upstream {
-    http1: Client<Dialer, BoxBody>,
+    http1: Http1Pool,
     http2: Client<Dialer, BoxBody>,
 }
 
@@ -113,12 +118,6 @@ impl Upstream {
         let dialer = Dialer {
             target: config.target,
         };
-        let mut h1 = Client::builder(TokioExecutor::new());
-        h1.pool_idle_timeout(IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .pool_max_idle_per_host(config.max_idle_per_host)
-            .http1_preserve_header_case(false)
-            .retry_canceled_requests(true);
         let mut h2 = Client::builder(TokioExecutor::new());
         h2.pool_idle_timeout(IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
@@ -126,13 +125,13 @@ impl Upstream {
             .timer(TokioTimer::new())
             .http2_adaptive_window(true);
         Self {
-            http1: h1.build(dialer),
+            http1: Http1Pool::new(dialer, config.max_idle_per_host),
             http2: h2.build(dialer),
         }
     }
 
     /// The HTTP/1.1 pool.
-    pub fn http1(&self) -> &Client<Dialer, BoxBody> {
+    pub fn http1(&self) -> &Http1Pool {
         &self.http1
     }
 
@@ -145,13 +144,36 @@ impl Upstream {
 // === impl Dialer ===
 
 impl Dialer {
-    fn addr_for(target: Target, uri: &Uri) -> Result<DialTarget, DialError> {
+    /// Connects to the target (or to `authority`, the request's), with
+    /// Knative's socket options and dial back-off.
+    async fn dial(&self, authority: Option<&Authority>) -> Result<TcpStream, DialError> {
+        let addr = match Self::addr_for(self.target, authority)? {
+            DialTarget::Addr(addr) => addr,
+            DialTarget::Name(name) => tokio::net::lookup_host(&name)
+                .await
+                .ok()
+                .and_then(|mut addrs| addrs.next())
+                .ok_or_else(|| DialError::Connect {
+                    addr: name.clone(),
+                    reason: "no such host".to_owned(),
+                })?,
+        };
+        let stream = dial_with_backoff(addr).await?;
+        let _ = stream.set_nodelay(true);
+        let sock = socket2::SockRef::from(&stream);
+        let _ = sock.set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(TCP_KEEPALIVE)
+                .with_interval(TCP_KEEPALIVE),
+        );
+        Ok(stream)
+    }
+
+    fn addr_for(target: Target, authority: Option<&Authority>) -> Result<DialTarget, DialError> {
         match target {
             Target::Fixed(addr) => Ok(DialTarget::Addr(addr)),
             Target::FromUri => {
-                let authority = uri
-                    .authority()
-                    .ok_or_else(|| DialError::NoAddress(uri.to_string()))?;
+                let authority = authority.ok_or_else(|| DialError::NoAddress(String::new()))?;
                 let port = authority.port_u16().unwrap_or(80);
                 let host = authority
                     .host()
@@ -181,29 +203,13 @@ impl tower::Service<Uri> for Dialer {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let target = Self::addr_for(self.target, &uri);
+        let dialer = *self;
         Box::pin(async move {
-            let addr = match target? {
-                DialTarget::Addr(addr) => addr,
-                DialTarget::Name(name) => tokio::net::lookup_host(&name)
-                    .await
-                    .ok()
-                    .and_then(|mut addrs| addrs.next())
-                    .ok_or_else(|| DialError::Connect {
-                        addr: name.clone(),
-                        reason: "no such host".to_owned(),
-                    })?,
-            };
-            let stream = dial_with_backoff(addr).await?;
-            let _ = stream.set_nodelay(true);
-            let sock = socket2::SockRef::from(&stream);
-            let _ = sock.set_tcp_keepalive(
-                &socket2::TcpKeepalive::new()
-                    .with_time(TCP_KEEPALIVE)
-                    .with_interval(TCP_KEEPALIVE),
-            );
             Ok(TokioIo::new(UpstreamConn {
-                tcp: stream,
+                tcp: dialer.dial(uri.authority()).await.map_err(|e| match e {
+                    DialError::NoAddress(_) => DialError::NoAddress(uri.to_string()),
+                    e => e,
+                })?,
                 uses: ConnUses::default(),
             }))
         })
