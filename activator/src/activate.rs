@@ -18,8 +18,8 @@ use std::task::{Context, Poll};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use kdp_core::Error;
 use kdp_core::header::{
-    K_ORIGINAL_HOST, K_PROXY_REQUEST, KNATIVE_SERVING_NAMESPACE, KNATIVE_SERVING_REVISION,
-    PROXY_REQUEST_ACTIVATOR,
+    K_ORIGINAL_HOST, K_PASSTHROUGH_LB, K_PROXY_REQUEST, KNATIVE_SERVING_NAMESPACE,
+    KNATIVE_SERVING_REVISION, PROXY_REQUEST_ACTIVATOR,
 };
 use kdp_proxy::body::{BoxBody, Guarded};
 use kdp_proxy::forward::Forward;
@@ -37,6 +37,8 @@ pub struct Activate {
     // and a `Forward` (two pooled clients) is ~700 bytes.
     forward: Arc<Forward>,
     budget: Arc<HeldBudget>,
+    /// `enable-mesh-pod-addressability`: address pods through the mesh.
+    passthrough_lb: bool,
 }
 
 /// A process-wide bound on the memory of held requests, across revisions.
@@ -71,7 +73,16 @@ impl Activate {
                 limit: budget,
                 used: AtomicUsize::new(0),
             }),
+            passthrough_lb: false,
         }
+    }
+
+    /// With `enable-mesh-pod-addressability`: upstream requests carry
+    /// `Host: <rev>-private.<ns>` and `K-Passthrough-Lb: true`.
+    #[must_use]
+    pub fn with_passthrough_lb(mut self, enabled: bool) -> Self {
+        self.passthrough_lb = enabled;
+        self
     }
 
     async fn handle<B>(self, mut req: Request<B>) -> Result<Response<BoxBody>, Error>
@@ -109,7 +120,8 @@ impl Activate {
                 return Ok(raw(StatusCode::INTERNAL_SERVER_ERROR, ""));
             }
         };
-        rewrite(&mut req, lease.dest())?;
+        let passthrough = self.passthrough_lb.then_some(&key);
+        rewrite(&mut req, lease.dest(), passthrough)?;
         // Boxed so that a held request does not carry the forwarding state.
         let rsp = Box::pin(self.forward.forward(req)).await?;
         Ok(rsp.map(|body| Guarded::boxed(body, lease)))
@@ -158,7 +170,13 @@ impl Drop for Held<'_> {
 
 /// Knative's activator rewrite: the upstream sees `Host: <dest>`, the
 /// client's Host in `K-Original-Host`, and `K-Proxy-Request: activator`.
-fn rewrite<B>(req: &mut Request<B>, dest: &str) -> Result<(), Error> {
+/// With `passthrough` (mesh pod addressability) the Host names the
+/// revision's private Service instead and `K-Passthrough-Lb: true` is added.
+fn rewrite<B>(
+    req: &mut Request<B>,
+    dest: &str,
+    passthrough: Option<&kdp_stats::RevisionKey>,
+) -> Result<(), Error> {
     let original = req.headers().get(header::HOST).cloned().or_else(|| {
         req.uri()
             .authority()
@@ -176,7 +194,20 @@ fn rewrite<B>(req: &mut Request<B>, dest: &str) -> Result<(), Error> {
     );
     headers.remove(&KNATIVE_SERVING_REVISION);
     headers.remove(&KNATIVE_SERVING_NAMESPACE);
-    headers.insert(header::HOST, HeaderValue::try_from(dest)?);
+    match passthrough {
+        Some(key) => {
+            let host = format!(
+                "{}.{}",
+                crate::names::private_service(&key.name),
+                key.namespace
+            );
+            headers.insert(header::HOST, HeaderValue::try_from(host)?);
+            headers.append(&K_PASSTHROUGH_LB, HeaderValue::from_static("true"));
+        }
+        None => {
+            headers.insert(header::HOST, HeaderValue::try_from(dest)?);
+        }
+    }
     let path = req
         .uri()
         .path_and_query()
@@ -220,6 +251,36 @@ mod tests {
         drop(a);
         drop(b);
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn rewrite_moves_host_and_marks_the_request() {
+        let mut req = Request::get("/p?q=1")
+            .header("host", "hello.default.example.com")
+            .header("knative-serving-revision", "hello-00001")
+            .header("knative-serving-namespace", "default")
+            .body(())
+            .unwrap();
+        rewrite(&mut req, "10.0.0.1:8012", None).unwrap();
+        assert_eq!(req.uri(), "http://10.0.0.1:8012/p?q=1");
+        assert_eq!(req.headers()["host"], "10.0.0.1:8012");
+        assert_eq!(
+            req.headers()["k-original-host"],
+            "hello.default.example.com"
+        );
+        assert_eq!(req.headers()["k-proxy-request"], "activator");
+        assert!(req.headers().get("knative-serving-revision").is_none());
+        assert!(req.headers().get("k-passthrough-lb").is_none());
+    }
+
+    #[test]
+    fn rewrite_with_mesh_pod_addressability() {
+        let key = kdp_stats::RevisionKey::new("real-namespace", "real-name");
+        let mut req = Request::get("/").header("host", "h").body(()).unwrap();
+        rewrite(&mut req, "10.0.0.1:8012", Some(&key)).unwrap();
+        assert_eq!(req.uri(), "http://10.0.0.1:8012/");
+        assert_eq!(req.headers()["host"], "real-name-private.real-namespace");
+        assert_eq!(req.headers()["k-passthrough-lb"], "true");
     }
 
     #[test]

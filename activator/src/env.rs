@@ -33,6 +33,21 @@ pub const ENV_CONFIG_OBSERVABILITY_NAME: &str = "CONFIG_OBSERVABILITY_NAME";
 /// Cluster DNS domain.
 pub const ENV_CLUSTER_DOMAIN: &str = "CLUSTER_DOMAIN";
 
+/// pprof port (kdp serves 404 on every path there).
+pub const ENV_PROFILING_PORT: &str = "PROFILING_PORT";
+/// Oldest Kubernetes API server the activator starts against.
+pub const ENV_KUBERNETES_MIN_VERSION: &str = "KUBERNETES_MIN_VERSION";
+/// Prefix of the TLS server settings for 8112 (`ACTIVATOR_TLS_MIN_VERSION`, ...).
+pub const TLS_ENV_PREFIX: &str = "ACTIVATOR";
+/// TLS server: minimum version.
+pub const ENV_ACTIVATOR_TLS_MIN_VERSION: &str = "ACTIVATOR_TLS_MIN_VERSION";
+/// TLS server: maximum version.
+pub const ENV_ACTIVATOR_TLS_MAX_VERSION: &str = "ACTIVATOR_TLS_MAX_VERSION";
+/// TLS server: TLS 1.2 cipher suites.
+pub const ENV_ACTIVATOR_TLS_CIPHER_SUITES: &str = "ACTIVATOR_TLS_CIPHER_SUITES";
+/// TLS server: key-exchange groups.
+pub const ENV_ACTIVATOR_TLS_CURVE_PREFERENCES: &str = "ACTIVATOR_TLS_CURVE_PREFERENCES";
+
 /// Prometheus metrics port (used when `metrics-protocol: prometheus`).
 pub const ENV_METRICS_PROMETHEUS_PORT: &str = "METRICS_PROMETHEUS_PORT";
 /// kdp only: the autoscaler websocket URL (default `ws://autoscaler.<ns>.svc.<domain>:8080`).
@@ -43,6 +58,8 @@ pub const ENV_KDP_BIND_ADDRESS: &str = "KDP_BIND_ADDRESS";
 pub const ENV_KDP_HTTP1_PORT: &str = "KDP_HTTP1_PORT";
 /// kdp only: the `h2c` port (default 8013).
 pub const ENV_KDP_H2C_PORT: &str = "KDP_H2C_PORT";
+/// kdp only: the `https` port (default 8112), opened with system-internal-tls.
+pub const ENV_KDP_HTTPS_PORT: &str = "KDP_HTTPS_PORT";
 /// kdp only: the drain sleep after SIGTERM (default 45s).
 pub const ENV_KDP_DRAIN_TIMEOUT: &str = "KDP_DRAIN_TIMEOUT";
 /// kdp only: requests held per revision before 503 (default 10000).
@@ -99,6 +116,14 @@ pub struct Config {
     pub http1_port: u16,
     /// `h2c` port.
     pub h2c_port: u16,
+    /// `https` port (served with system-internal-tls).
+    pub https_port: u16,
+    /// Profiling port (`PROFILING_PORT`).
+    pub profiling_port: u16,
+    /// TLS server settings for the `https` port (`ACTIVATOR_TLS_*`).
+    pub tls: kdp_proxy::tls::TlsSettings,
+    /// Oldest API server version accepted (`KUBERNETES_MIN_VERSION`).
+    pub kubernetes_min_version: crate::version::Version,
     /// Drain sleep.
     pub drain_timeout: Duration,
     /// Requests held per revision.
@@ -157,8 +182,17 @@ impl Config {
             cluster_domain,
             autoscaler_url,
             bind,
-            http1_port: env::port_or(e, ENV_KDP_HTTP1_PORT, 8012)?,
-            h2c_port: env::port_or(e, ENV_KDP_H2C_PORT, 8013)?,
+            http1_port: port_or(e, ENV_KDP_HTTP1_PORT, 8012)?,
+            h2c_port: port_or(e, ENV_KDP_H2C_PORT, 8013)?,
+            https_port: port_or(e, ENV_KDP_HTTPS_PORT, 8112)?,
+            profiling_port: port_or(e, ENV_PROFILING_PORT, 8008)?,
+            tls: kdp_proxy::tls::TlsSettings::from_env(e, TLS_ENV_PREFIX)?,
+            kubernetes_min_version: {
+                let v = env::optional(e, ENV_KUBERNETES_MIN_VERSION)?
+                    .unwrap_or_else(|| crate::version::DEFAULT_MIN_VERSION.to_owned());
+                crate::version::Version::parse(&v)
+                    .map_err(|reason| EnvError::invalid(ENV_KUBERNETES_MIN_VERSION, &v, reason))?
+            },
             drain_timeout: env::duration_or(e, ENV_KDP_DRAIN_TIMEOUT, DEFAULT_DRAIN_TIMEOUT)?,
             max_queued_per_revision: count(
                 ENV_KDP_MAX_QUEUED_PER_REVISION,
@@ -184,6 +218,18 @@ impl Config {
             },
             system_namespace,
         })
+    }
+}
+
+/// A listening port; unlike Knative-injected ports, 0 (an ephemeral port,
+/// for tests) is accepted.
+fn port_or(e: &dyn Strings, var: &str, default: u16) -> Result<u16, EnvError> {
+    match env::optional(e, var)? {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| EnvError::invalid(var, &v, "not a port number between 0 and 65535")),
     }
 }
 
@@ -234,6 +280,9 @@ mod tests {
             "ws://autoscaler.knative-serving.svc.cluster.local:8080"
         );
         assert_eq!((cfg.http1_port, cfg.h2c_port), (8012, 8013));
+        assert_eq!((cfg.https_port, cfg.profiling_port), (8112, 8008));
+        assert_eq!(cfg.tls, kdp_proxy::tls::TlsSettings::default());
+        assert_eq!(cfg.kubernetes_min_version.to_string(), "1.34.0");
     }
 
     #[test]
@@ -249,6 +298,11 @@ mod tests {
             (ENV_MAX_IDLE_PROXY_CONNS, "-1"),
             (ENV_KDP_BIND_ADDRESS, "localhost"),
             (ENV_KDP_LOAD_BALANCING, "random"),
+            (ENV_KDP_HTTPS_PORT, "70000"),
+            (ENV_PROFILING_PORT, "pprof"),
+            (ENV_KUBERNETES_MIN_VERSION, "1.34"),
+            (ENV_ACTIVATOR_TLS_MIN_VERSION, "1.1"),
+            (ENV_ACTIVATOR_TLS_CIPHER_SUITES, "TLS_FOO"),
         ] {
             let mut e = base();
             e.insert(var, bad);

@@ -1,9 +1,9 @@
-//! The activator binary: configuration, Kubernetes caches, then the [`App`].
+//! The activator binary: configuration, then [`kdp_activator::start`] and
+//! the [`App`](kdp_activator::App) until SIGTERM.
 
 use std::process::ExitCode;
 
 use kdp_activator::env::Config;
-use kdp_activator::{App, Listeners, cluster};
 use kdp_core::env::{EX_USAGE, Env};
 
 fn main() -> ExitCode {
@@ -15,7 +15,8 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    kdp_core::log::init("info");
+    let log_level = kdp_activator::logging::init("info");
+    kdp_proxy::tls::install_default_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -34,28 +35,14 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let mut listeners = match Listeners::bind(&config).await {
-            Ok(l) => l,
+        let app = match kdp_activator::start(config, client, log_level).await {
+            Ok(app) => app,
             Err(err) => {
-                tracing::error!(error = %err, "cannot bind the serving ports");
+                tracing::error!(error = %kdp_core::ErrorChain(&err), "activator cannot start");
+                eprint_line(&kdp_core::ErrorChain(&err).to_string());
                 return ExitCode::FAILURE;
             }
         };
-        let observability = match cluster::observability(&client, &config).await {
-            Ok(o) => o,
-            Err(err) => {
-                tracing::warn!(error = %kdp_core::ErrorChain(err.as_ref()), "cannot read config-observability; using defaults");
-                cluster::Observability::default()
-            }
-        };
-        if let Some(addr) = observability.metrics {
-            match tokio::net::TcpListener::bind(addr).await {
-                Ok(l) => listeners.metrics = Some(l),
-                Err(err) => tracing::error!(error = %err, %addr, "cannot bind the metrics port"),
-            }
-        }
-        let app = App::build(config, listeners, observability);
-        cluster::start(client, app.cluster_targets()).await;
         app.run(async {
             if let Err(err) = kdp_core::signal::shutdown().await {
                 tracing::error!(error = %err, "cannot install signal handlers");

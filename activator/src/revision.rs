@@ -45,6 +45,9 @@ pub struct RevisionInfo {
     pub configuration: String,
     /// The serving container's first port is named `h2c`.
     pub h2c: bool,
+    /// Pods that pass the activator's probe may be used before Kubernetes
+    /// calls them ready.
+    pub probe_optimization: bool,
 }
 
 impl RevisionInfo {
@@ -80,7 +83,7 @@ pub struct Identify<S> {
     inner: S,
     revisions: Arc<dyn Revisions>,
     cluster_domain: Arc<str>,
-    log_fields: bool,
+    request_log: crate::request_log::RequestLogSwitch,
 }
 
 // === impl RevisionCache ===
@@ -121,18 +124,19 @@ impl Revisions for RevisionCache {
 
 impl<S> Identify<S> {
     /// Wraps `inner`, looking revisions up in `revisions`.
-    /// With `log_fields`, the request also carries the request log's view of its revision.
+    /// While `request_log` is on, the request also carries the request
+    /// log's view of its revision.
     pub fn new(
         inner: S,
         revisions: Arc<dyn Revisions>,
         cluster_domain: &str,
-        log_fields: bool,
+        request_log: crate::request_log::RequestLogSwitch,
     ) -> Self {
         Self {
             inner,
             revisions,
             cluster_domain: cluster_domain.into(),
-            log_fields,
+            request_log,
         }
     }
 }
@@ -169,7 +173,7 @@ where
         };
         req.extensions_mut()
             .insert(Revision(RevisionKey::new(namespace, name)));
-        if self.log_fields {
+        if self.request_log.is_enabled() {
             req.extensions_mut().insert(Arc::new(info.log_fields()));
         }
         req.extensions_mut().insert(info);

@@ -9,14 +9,14 @@ use std::sync::Arc;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use kdp_proxy::body::BoxBody;
-use kdp_proxy::request_log::{RequestLogLayer, RequestLogger, RevisionInfo};
 use kdp_proxy::respond::RespondLayer;
+use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
-use tower::{Layer, ServiceBuilder};
 
 use crate::activate::Activate;
 use crate::probe::{Health, Probe};
 use crate::report::{Report, Reporter};
+use crate::request_log::{DynamicRequestLog, RequestLogSwitch};
 use crate::revision::{Identify, Revisions};
 use crate::timeout::RevisionTimeout;
 
@@ -38,8 +38,8 @@ pub struct Parts {
     pub reporter: Reporter,
     /// Throttling and forwarding.
     pub activate: Activate,
-    /// Request logging, when config-observability enables it.
-    pub request_log: Option<RequestLogger>,
+    /// Request logging, as config-observability says at the moment.
+    pub request_log: RequestLogSwitch,
 }
 
 impl std::fmt::Debug for Parts {
@@ -64,15 +64,21 @@ pub fn build(parts: Parts) -> ServingStack {
     let svc = RevisionTimeout::new(svc);
     // The reporter counts requests before they queue: held requests are demand.
     let svc = Report::new(svc, reporter);
+    // Failures become Knative's 502/503/504 answers (queue-full with
+    // Retry-After) here, inside the request log, so that failed requests are
+    // logged with the status the client gets, as in Knative.
+    let svc = ServiceBuilder::new()
+        .map_err(|never: Infallible| -> kdp_core::Error { match never {} })
+        .layer(RespondLayer::with_retry_after(RETRY_AFTER_SECS))
+        .service(svc);
     // The request log sees each identified request once, with its revision;
     // latency includes queueing and timeouts, as in Knative.
-    let log_fields = request_log.is_some();
-    let svc = RequestLogLayer::new(request_log, RevisionInfo::default()).layer(svc);
+    let svc = DynamicRequestLog::new(svc, request_log.clone());
     // Identify the revision before anything per-revision happens; 404 if unknown.
-    let svc = Identify::new(svc, revisions, &cluster_domain, log_fields);
+    let svc = Identify::new(svc, revisions, &cluster_domain, request_log);
     // Kubelet, ingress and autoscaler probes never create revision state.
     let svc = Probe::new(svc, health);
-    // Errors become Knative's 502/503 answers (queue-full with Retry-After).
+    // Nothing inside fails any more; this only satisfies hyper's Infallible.
     let svc = ServiceBuilder::new()
         .layer(RespondLayer::with_retry_after(RETRY_AFTER_SECS))
         .service(svc);

@@ -443,6 +443,8 @@ const ACTIVATOR_WATCHES: &[(&str, &str, bool)] = &[
     ("serving.knative.dev", "revisions", true),
     ("", "endpoints", true),
     ("", "configmaps", false),
+    ("", "services", true),
+    ("", "secrets", false),
 ];
 
 #[test]

@@ -62,6 +62,8 @@ impl Activator {
             http1: TcpListener::bind("127.0.0.1:0").await.unwrap(),
             h2c: TcpListener::bind("127.0.0.1:0").await.unwrap(),
             metrics: None,
+            https: None,
+            profiling: None,
         };
         let app = App::build(config, listeners, cluster::Observability::default());
         let http1 = app.http1_addr().unwrap();
@@ -75,7 +77,8 @@ impl Activator {
             cluster::start(client, app.cluster_targets()),
         )
         .await
-        .expect("caches sync");
+        .expect("caches sync")
+        .unwrap();
         let (tx, rx) = oneshot::channel();
         let done = tokio::spawn(app.run(async {
             let _ = rx.await;

@@ -22,6 +22,9 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+mod binary;
+mod startup;
+
 struct Harness {
     addr: std::net::SocketAddr,
     metrics: std::net::SocketAddr,
@@ -54,6 +57,8 @@ async fn start(extra: &[(&str, &str)]) -> Harness {
         http1: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         h2c: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         metrics: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+        https: None,
+        profiling: None,
     };
     let app = App::build(config, listeners, cluster::Observability::default());
     let addr = app.http1_addr().unwrap();
@@ -66,7 +71,8 @@ async fn start(extra: &[(&str, &str)]) -> Harness {
         cluster::start(client, app.cluster_targets()),
     )
     .await
-    .expect("caches sync");
+    .expect("caches sync")
+    .unwrap();
     let (tx, rx) = oneshot::channel();
     let done = tokio::spawn(app.run(async {
         let _ = rx.await;

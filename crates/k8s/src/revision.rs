@@ -103,6 +103,26 @@ impl Revision {
             .map_or("", String::as_str)
     }
 
+    /// Whether a pod that answers the activator's probe may be used before
+    /// Kubernetes calls it ready (Knative's probe optimisation): not when the
+    /// serving container's readiness probe is `exec` or it has a startup
+    /// probe, nor when any sidecar has a startup probe. The serving
+    /// container is the one with ports (else the first).
+    pub fn probe_optimization(&self) -> bool {
+        let containers = &self.spec.containers;
+        let serving = containers
+            .iter()
+            .position(|c| !c.ports.is_empty())
+            .unwrap_or(0);
+        !containers.iter().enumerate().any(|(i, c)| {
+            let exec_readiness = i == serving
+                && c.readiness_probe
+                    .as_ref()
+                    .is_some_and(|p| p.get("exec").is_some());
+            exec_readiness || c.startup_probe.is_some()
+        })
+    }
+
     /// True when the serving container's first port is named `h2c`.
     pub fn is_h2c(&self) -> bool {
         self.spec
@@ -134,5 +154,36 @@ mod tests {
         assert_eq!(rev.label("serving.knative.dev/service"), "hello");
         assert_eq!(rev.label("missing"), "");
         assert_eq!(Revision::plural(&()), "revisions");
+        assert!(rev.probe_optimization());
+    }
+
+    #[test]
+    fn exec_readiness_and_startup_probes_disable_probe_optimization() {
+        let rev = |containers: serde_json::Value| -> Revision {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "r", "namespace": "n"},
+                "spec": {"containers": containers}
+            }))
+            .unwrap()
+        };
+        let serving_exec = rev(serde_json::json!([
+            {"ports": [{"containerPort": 8080}], "readinessProbe": {"exec": {"command": ["true"]}}}
+        ]));
+        assert!(!serving_exec.probe_optimization());
+        let serving_http = rev(serde_json::json!([
+            {"ports": [{"containerPort": 8080}], "readinessProbe": {"httpGet": {"port": 8080}}}
+        ]));
+        assert!(serving_http.probe_optimization());
+        // A sidecar's exec readiness probe does not count; its startup probe does.
+        let sidecar_exec = rev(serde_json::json!([
+            {"readinessProbe": {"exec": {"command": ["true"]}}},
+            {"ports": [{"containerPort": 8080}]}
+        ]));
+        assert!(sidecar_exec.probe_optimization());
+        let sidecar_startup = rev(serde_json::json!([
+            {"startupProbe": {"tcpSocket": {"port": 9}}},
+            {"ports": [{"containerPort": 8080}]}
+        ]));
+        assert!(!sidecar_startup.probe_optimization());
     }
 }

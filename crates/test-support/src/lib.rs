@@ -13,6 +13,7 @@
 //!   activator's `WireStatMessages` frames (activator spec §5).
 //! - [`upstream`]: HTTP/1 + h2c test servers on any loopback address, and a
 //!   fake queue-proxy pod that answers activator probes.
+//! - [`tls`]: a throwaway CA and the leaf certificates it issues.
 //! - [`trace_init`]: a tracing subscriber that writes through the test harness.
 //! - [`within`]: bounds a test step in time, so no test can hang.
 //!
@@ -31,6 +32,7 @@ pub mod apiserver;
 pub mod autoscaler;
 mod body;
 mod serve;
+pub mod tls;
 pub mod upstream;
 
 pub use apiserver::{FakeApiServer, RecordedRequest};
