@@ -91,5 +91,13 @@ async fn contended(breaker: Breaker, tasks: u64, iters: u64) -> Duration {
     start.elapsed()
 }
 
-criterion_group!(benches, breaker);
+criterion_group! {
+    name = benches;
+    // Short by default so that the whole `cargo bench` stays near two
+    // minutes; criterion's command-line flags override these.
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2));
+    targets = breaker
+}
 criterion_main!(benches);

@@ -61,5 +61,13 @@ fn kpa(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, kpa);
+criterion_group! {
+    name = benches;
+    // Short by default so that the whole `cargo bench` stays near two
+    // minutes; criterion's command-line flags override these.
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2));
+    targets = kpa
+}
 criterion_main!(benches);

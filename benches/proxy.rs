@@ -1,6 +1,6 @@
 //! Proxy-path micro-benchmarks: the header rewriting every forwarded request
-//! goes through (`kdp_proxy::forward`) and the request log line
-//! (`kdp_proxy::request_log`).
+//! goes through (`kdp_proxy::forward`, the queue-proxy's `Forwarded` shim)
+//! and the request log line (`kdp_proxy::request_log`).
 //!
 //! Run with:
 //!
@@ -10,7 +10,11 @@
 //!
 //! Cases: `proxy/strip_hop_by_hop` (a browser-like request with
 //! `Connection`, `Keep-Alive` and `TE: trailers`), `proxy/append_xff` (one
-//! earlier `X-Forwarded-For` hop) and `request_log/render_default_template`
+//! earlier `X-Forwarded-For` hop), `proxy/forwarded_shim` (RFC 7239
+//! `Forwarded` built from `X-Forwarded-*`, `kdp_queue_proxy::forwarded`),
+//! `proxy/queue_proxy_request_headers` (all of the queue-proxy's request
+//! header work in its order: shim, routing headers removed, hop-by-hop
+//! stripped, peer appended) and `request_log/render_default_template`
 //! (Knative's default JSON template). Header maps are cloned outside the
 //! timed part.
 
@@ -18,6 +22,7 @@
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -25,6 +30,7 @@ use kdp_proxy::forward::{append_forwarded_for, strip_hop_by_hop};
 use kdp_proxy::request_log::{
     DEFAULT_TEMPLATE, LogEntry, RequestInfo, ResponseInfo, RevisionInfo, Template,
 };
+use kdp_queue_proxy::forwarded;
 
 fn request_headers() -> HeaderMap {
     let mut headers = HeaderMap::new();
@@ -56,6 +62,23 @@ fn request_headers() -> HeaderMap {
     headers
 }
 
+/// [`request_headers`] as the queue-proxy gets it behind an ingress: plus
+/// `X-Forwarded-Proto` and the routing headers (15 headers).
+fn routed_headers() -> HeaderMap {
+    let mut headers = request_headers();
+    for (name, value) in [
+        ("x-forwarded-proto", "https"),
+        ("knative-serving-namespace", "default"),
+        ("knative-serving-revision", "helloworld-go-00001"),
+    ] {
+        headers.append(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
+    headers
+}
+
 fn proxy(c: &mut Criterion) {
     let headers = request_headers();
     let mut group = c.benchmark_group("proxy");
@@ -74,6 +97,34 @@ fn proxy(c: &mut Criterion) {
         b.iter_batched(
             || headers.clone(),
             |mut h| {
+                append_forwarded_for(&mut h, ip);
+                h
+            },
+            BatchSize::SmallInput,
+        );
+    });
+    let routed = routed_headers();
+    group.bench_function("forwarded_shim", |b| {
+        b.iter_batched(
+            || routed.clone(),
+            |mut h| {
+                forwarded::apply(&mut h);
+                h
+            },
+            BatchSize::SmallInput,
+        );
+    });
+    let namespace = HeaderName::from_static("knative-serving-namespace");
+    let revision = HeaderName::from_static("knative-serving-revision");
+    group.bench_function("queue_proxy_request_headers", |b| {
+        b.iter_batched(
+            || routed.clone(),
+            |mut h| {
+                // queue-proxy/src/handler.rs, then kdp_proxy::forward.
+                forwarded::apply(&mut h);
+                h.remove(&revision);
+                h.remove(&namespace);
+                strip_hop_by_hop(&mut h, true);
                 append_forwarded_for(&mut h, ip);
                 h
             },
@@ -127,5 +178,13 @@ fn request_log(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, proxy, request_log);
+criterion_group! {
+    name = benches;
+    // Short by default so that the whole `cargo bench` stays near two
+    // minutes; criterion's command-line flags override these.
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2));
+    targets = proxy, request_log
+}
 criterion_main!(benches);

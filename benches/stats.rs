@@ -102,5 +102,13 @@ fn stats(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, stats);
+criterion_group! {
+    name = benches;
+    // Short by default so that the whole `cargo bench` stays near two
+    // minutes; criterion's command-line flags override these.
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2));
+    targets = stats
+}
 criterion_main!(benches);

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The benchmark suite of docs/benchmarks.md: criterion micro-benchmarks, then
-# the load driver against release builds of the queue-proxy and `kdp`.
+# the load driver against release builds of the queue-proxy, the activator
+# and `kdp`.
 #
-#   scripts/bench.sh            full run (about 5 minutes on 2 cores)
+#   scripts/bench.sh            full run (driver about 4 minutes on 2 cores)
 #   scripts/bench.sh --quick    fast run (driver under a minute)
 #   scripts/bench.sh --no-micro | --no-load    one half only
 #
@@ -30,7 +31,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 if [[ $load == 1 ]]; then
     echo "bench.sh: building release binaries" >&2
-    cargo build --release -p kdp-queue-proxy -p kdp -p kdp-benches
+    cargo build --release -p kdp-queue-proxy -p kdp-activator -p kdp -p kdp-benches
 fi
 
 if [[ $micro == 1 ]]; then
@@ -51,12 +52,10 @@ if [[ $load == 1 ]]; then
     target_dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
         sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
     [[ -n $target_dir ]] && release=$target_dir/release
-    activator=()
-    [[ -x $release/activator ]] && activator=(--activator "$release/activator")
     "$release/kdp-bench" "${quick[@]}" \
         --queue-proxy "$release/queue-proxy" \
+        --activator "$release/activator" \
         --kdp "$release/kdp" \
-        "${activator[@]}" \
         --manifest deploy/local/hello-world.yaml \
         --out bench-results \
         "${driver_args[@]}"

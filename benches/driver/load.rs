@@ -251,14 +251,19 @@ pub(crate) fn nanos(d: Duration) -> u64 {
 
 /// Opens `n` keep-alive connections, each answered once, and keeps them
 /// open (idle) until the returned handles are dropped.
-pub(crate) async fn open_idle(addr: SocketAddr, host: &str, n: usize) -> anyhow::Result<Vec<Conn>> {
+pub(crate) async fn open_idle(
+    addr: SocketAddr,
+    host: &str,
+    headers: &[(HeaderName, HeaderValue)],
+    n: usize,
+) -> anyhow::Result<Vec<Conn>> {
     let mut conns = Vec::with_capacity(n);
     // A few at a time: a thousand simultaneous connects overflow the backlog.
     for batch in 0..n.div_ceil(50) {
         let size = 50.min(n - batch * 50);
         let opened = join_all((0..size).map(|_| async {
             let mut conn = connect(addr).await?;
-            get(&mut conn, host, "/", &[]).await?;
+            get(&mut conn, host, "/", headers).await?;
             anyhow::Ok(conn)
         }))
         .await;

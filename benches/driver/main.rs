@@ -4,7 +4,7 @@
 //! ```text
 //! kdp-bench [--quick] [--rounds N] [--queue-proxy PATH] [--kdp PATH]
 //!           [--activator PATH] [--nginx PATH | --no-nginx] [--manifest PATH]
-//!           [--out DIR] [--no-cold-start]
+//!           [--out DIR] [--targets LIST] [--cold-starts LIST | --no-cold-start]
 //! kdp-bench load ADDR [--path P] [--host H] [--rate RPS] [--connections N]
 //!           [--duration SECS] [--count N]
 //! kdp-bench upstream --port PORT
@@ -12,11 +12,14 @@
 //!
 //! The first form is the suite: it starts a test upstream (`kdp-bench
 //! upstream`, its own process), the targets in front of it (direct, the
-//! queue-proxy with containerConcurrency 0 and 10, the activator once it
-//! exists, nginx when installed), runs interleaved rounds of every workload
+//! queue-proxy with containerConcurrency 0 and 10, the activator in front of
+//! a queue-proxy, nginx when installed), runs interleaved rounds of every workload
 //! against every target, measures each proxy's CPU and memory from `/proc`,
 //! then the cold starts, and writes `bench-results/kdp-bench-<time>.{json,md}`
 //! (and `latest.*`). The markdown goes to stdout, progress to stderr.
+//! `--targets direct,qp0,qp10,activator,nginx` runs only some targets (direct,
+//! the baseline, always runs); `--cold-starts qp,activator,local` only some
+//! cold starts.
 //! `load` is the bare load generator against any loopback address; without
 //! `--rate` it runs closed loop. Binaries default to the siblings of this
 //! executable (`target/release/`). See docs/benchmarks.md.
@@ -27,6 +30,7 @@
     reason = "a command-line tool: the report goes to stdout, progress to stderr"
 )]
 
+mod activator;
 mod cold;
 mod load;
 mod procs;
@@ -90,7 +94,9 @@ fn main() -> ExitCode {
 fn usage() -> &'static str {
     "usage:
   kdp-bench [--quick] [--rounds N] [--queue-proxy PATH] [--kdp PATH] [--activator PATH]
-            [--nginx PATH | --no-nginx] [--manifest PATH] [--out DIR] [--no-cold-start]
+            [--nginx PATH | --no-nginx] [--manifest PATH] [--out DIR]
+            [--targets direct,qp0,qp10,activator,nginx]
+            [--cold-starts qp,activator,local | --no-cold-start]
   kdp-bench load ADDR [--path P] [--host H] [--rate RPS] [--connections N]
             [--duration SECS] [--count N]
   kdp-bench upstream --port PORT"
@@ -164,6 +170,8 @@ fn parse_suite(args: &[String]) -> anyhow::Result<suite::Options> {
         manifest: PathBuf::from("deploy/local/hello-world.yaml"),
         out: PathBuf::from("bench-results"),
         cold: true,
+        targets: None,
+        cold_starts: None,
         command: std::iter::once("kdp-bench".to_owned())
             .chain(args.iter().cloned())
             .collect::<Vec<_>>()
@@ -182,10 +190,33 @@ fn parse_suite(args: &[String]) -> anyhow::Result<suite::Options> {
             "--manifest" => opts.manifest = value(&mut it, arg)?.into(),
             "--out" => opts.out = value(&mut it, arg)?.into(),
             "--no-cold-start" => opts.cold = false,
+            "--targets" => {
+                let all = targets::Kind::all().map(targets::Kind::id);
+                opts.targets = Some(list(value(&mut it, arg)?, arg, &all)?);
+            }
+            "--cold-starts" => {
+                let all = ["qp", "activator", "local"].map(str::to_owned);
+                opts.cold_starts = Some(list(value(&mut it, arg)?, arg, &all)?);
+            }
             other => bail!("unknown argument {other:?}"),
         }
     }
     Ok(opts)
+}
+
+/// A comma-separated list of names from `known`.
+fn list(s: &str, flag: &str, known: &[String]) -> anyhow::Result<Vec<String>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            if known.iter().any(|k| k == n) {
+                Ok(n.to_owned())
+            } else {
+                bail!("{flag}: unknown name {n:?} (known: {})", known.join(","))
+            }
+        })
+        .collect()
 }
 
 fn parse_upstream(args: &[String]) -> anyhow::Result<u16> {

@@ -55,9 +55,14 @@ impl Managed {
         })
     }
 
-    /// Whether the process has exited (then it cannot be measured).
-    pub(crate) fn exited(&mut self) -> bool {
-        !matches!(self.child.try_wait(), Ok(None))
+    /// How the process ended, if it has (then it cannot be measured):
+    /// `exit status: 1`, `signal: 9 (SIGKILL)`.
+    pub(crate) fn exit_status(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            Ok(None) => None,
+            Err(e) => Some(e.to_string()),
+        }
     }
 
     /// CPU and memory of the process and its direct children.
@@ -104,11 +109,12 @@ impl Managed {
         kill_all(&orphans);
     }
 
-    /// The last lines of the log, for error messages.
+    /// The last lines of the log, on one line (notes are markdown list
+    /// items), for error messages.
     pub(crate) fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(5)..].join("\n")
+        lines[lines.len().saturating_sub(5)..].join(" ⏎ ")
     }
 }
 

@@ -131,29 +131,7 @@ pub(crate) fn design_targets(report: &Report) -> Vec<DesignTarget> {
         met,
     );
 
-    let activator_missing = !report
-        .targets
-        .iter()
-        .any(|t| t.ran && t.name == Kind::Activator.name());
-    if activator_missing {
-        for (figure, target) in [
-            (
-                "activator, revision with ready pods",
-                "the queue-proxy's overhead targets",
-            ),
-            (
-                "activator memory per held request",
-                "≤ 4 KB, bounded in total",
-            ),
-        ] {
-            row(
-                figure,
-                target,
-                "not measured (no activator yet)".to_owned(),
-                None,
-            );
-        }
-    }
+    activator_rows(report, &mut row);
 
     for (id, figure, target, limit) in [
         (
@@ -194,6 +172,95 @@ pub(crate) fn design_targets(report: &Report) -> Vec<DesignTarget> {
         }
     }
     out
+}
+
+/// The rows for "activator, revision with ready pods: the same overhead
+/// targets as the queue-proxy", from the activator measured alone.
+fn activator_rows(report: &Report, row: &mut impl FnMut(&str, &str, String, Option<bool>)) {
+    let name = Kind::Activator.name();
+    let skipped = report
+        .targets
+        .iter()
+        .find(|t| t.name == name && !t.ran)
+        .map(|t| t.note.clone().unwrap_or_default());
+    let unmeasured = |why: &Option<String>| match why {
+        Some(why) => format!("not measured ({name} skipped: {why})"),
+        None => "not measured".to_owned(),
+    };
+    let figure = "activator added latency over the queue-proxy (cc=0), p50 / p99, at 1000 rps";
+    match result(report, "tiny_fixed_rate", &name)
+        .and_then(|r| Some((r.added_over_qp_p50_us?, r.added_over_qp_p99_us?)))
+    {
+        Some((p50, p99)) => row(
+            figure,
+            "≤ 50 µs / ≤ 250 µs",
+            format!("{} / {}", signed_us(p50.median), signed_us(p99.median)),
+            Some(p50.median <= 50.0 && p99.median <= 250.0),
+        ),
+        None => row(figure, "≤ 50 µs / ≤ 250 µs", unmeasured(&skipped), None),
+    }
+
+    let figure = "activator CPU per proxied request (max throughput, activator alone)";
+    let own = result(report, "max_throughput", &name).and_then(|r| r.front_cpu_s_per_100k);
+    let nginx =
+        result(report, "max_throughput", &Kind::Nginx.name()).and_then(|r| r.cpu_s_per_100k);
+    match (own, nginx) {
+        (Some(a), Some(n)) => row(
+            figure,
+            "below nginx as a reverse proxy",
+            format!(
+                "{:.2} vs nginx {:.2} CPU s / 100k requests",
+                a.median, n.median
+            ),
+            Some(a.median < n.median),
+        ),
+        (Some(a), None) => row(
+            figure,
+            "below nginx as a reverse proxy",
+            format!("{:.2} CPU s / 100k requests; nginx not measured", a.median),
+            None,
+        ),
+        _ => row(
+            figure,
+            "below nginx as a reverse proxy",
+            unmeasured(&skipped),
+            None,
+        ),
+    }
+
+    let alone = report
+        .cost
+        .iter()
+        .find(|c| c.part_of.as_deref() == Some(&*name));
+    for (figure, limit_mb, value) in [
+        (
+            "activator resident memory, idle",
+            5.0,
+            alone.map(|c| c.rss_idle_kib),
+        ),
+        (
+            "activator resident memory, 1000 open connections",
+            20.0,
+            alone.and_then(|c| c.rss_idle_conns_kib),
+        ),
+    ] {
+        let target = format!("≤ {limit_mb:.0} MB");
+        match value {
+            Some(kib) => row(
+                figure,
+                &target,
+                format!("{:.1} MB", mb(kib)),
+                Some(mb(kib) <= limit_mb),
+            ),
+            None => row(figure, &target, unmeasured(&skipped), None),
+        }
+    }
+    row(
+        "activator memory per held request",
+        "≤ 4 KB, bounded in total",
+        "not measured by this suite (no held-request workload)".to_owned(),
+        None,
+    );
 }
 
 /// The whole report as markdown.
@@ -264,6 +331,7 @@ pub(crate) fn markdown(report: &Report) -> String {
                         failed(r),
                     );
                 }
+                activator_alone_latency(&mut md, &w.results);
             }
             "max_throughput" => {
                 let _ = writeln!(
@@ -313,6 +381,11 @@ pub(crate) fn markdown(report: &Report) -> String {
     let _ = writeln!(md, "\n## Cost per proxy\n");
     let _ = writeln!(
         md,
+        "`activator alone` is the activator process of `activator+queue-proxy` by itself \
+         (that target's figures are the sum of both processes).\n"
+    );
+    let _ = writeln!(
+        md,
         "CPU from `/proc/<pid>/stat` (utime + stime of the whole process tree) during each run, \
          per 100k answered requests; memory from `/proc/<pid>/status`.\n"
     );
@@ -323,14 +396,30 @@ pub(crate) fn markdown(report: &Report) -> String {
         crate::suite::IDLE_CONNECTIONS
     );
     for c in &report.cost {
-        let cpu_at = |id: &str| result(report, id, &c.target).and_then(|r| r.cpu_s_per_100k);
+        let of = c.part_of.as_deref().unwrap_or(&c.target);
+        let alone = c.part_of.is_some();
+        let cpu_at = |id: &str| {
+            let r = result(report, id, of)?;
+            if alone {
+                r.front_cpu_s_per_100k
+            } else {
+                r.cpu_s_per_100k
+            }
+        };
+        let cpu_vs_nginx = result(report, "max_throughput", of).and_then(|r| {
+            if alone {
+                r.front_cpu_vs_nginx
+            } else {
+                r.cpu_vs_nginx
+            }
+        });
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {:.1} MB | {:.1} MB | {:.1} MB | {} |",
             c.target,
             num(cpu_at("tiny_fixed_rate"), 2),
             num(cpu_at("max_throughput"), 2),
-            ratio(result(report, "max_throughput", &c.target).and_then(|r| r.cpu_vs_nginx)),
+            ratio(cpu_vs_nginx),
             mb(c.rss_idle_kib),
             mb(c.rss_after_load_kib),
             mb(c.peak_hwm_kib),
@@ -412,6 +501,24 @@ pub(crate) fn iso8601(unix: u64) -> String {
         secs % 3600 / 60,
         secs % 60
     )
+}
+
+/// Under a latency table: what the activator adds on its own.
+fn activator_alone_latency(md: &mut String, results: &[TargetResult]) {
+    let Some(r) = results.iter().find(|r| r.target == Kind::Activator.name()) else {
+        return;
+    };
+    if r.added_over_qp_p50_us.is_none() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\nThe activator alone ({} minus queue-proxy cc=0 in the same round): \
+         p50 {}, p99 {}.",
+        r.target,
+        added(r.added_over_qp_p50_us),
+        added(r.added_over_qp_p99_us),
+    );
 }
 
 /// A latency figure with a unit chosen by its median.

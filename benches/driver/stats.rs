@@ -23,12 +23,26 @@ pub(crate) struct RunStats {
     pub(crate) cpu_s: Option<f64>,
     /// `cpu_s` per 100 000 answered requests.
     pub(crate) cpu_s_per_100k: Option<f64>,
+    /// Of a target made of a front process and more (the activator in front
+    /// of its queue-proxy): the front process's share of `cpu_s`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) front_cpu_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) front_cpu_s_per_100k: Option<f64>,
 }
 
 impl RunStats {
     pub(crate) fn new(round: usize, r: &LoadResult, cpu_s: Option<f64>) -> Self {
         let secs = r.elapsed.as_secs_f64().max(1e-9);
-        let q = |quantile: f64| r.latency.value_at_quantile(quantile) as f64 / 1000.0;
+        // No answer, no latency: NaN, which the summaries leave out (an
+        // empty histogram would say 0 µs).
+        let q = |quantile: f64| {
+            if r.ok == 0 {
+                f64::NAN
+            } else {
+                r.latency.value_at_quantile(quantile) as f64 / 1000.0
+            }
+        };
         Self {
             round,
             ok: r.ok,
@@ -39,12 +53,24 @@ impl RunStats {
             p50_us: q(0.5),
             p99_us: q(0.99),
             p999_us: q(0.999),
-            max_us: r.latency.max() as f64 / 1000.0,
+            max_us: if r.ok == 0 {
+                f64::NAN
+            } else {
+                r.latency.max() as f64 / 1000.0
+            },
             cpu_s,
             cpu_s_per_100k: cpu_s
                 .filter(|_| r.ok > 0)
                 .map(|c| c * 100_000.0 / r.ok as f64),
+            front_cpu_s: None,
+            front_cpu_s_per_100k: None,
         }
+    }
+
+    /// Records the front process's CPU seconds during the run.
+    pub(crate) fn set_front_cpu(&mut self, cpu_s: f64) {
+        self.front_cpu_s = Some(cpu_s);
+        self.front_cpu_s_per_100k = (self.ok > 0).then(|| cpu_s * 100_000.0 / self.ok as f64);
     }
 }
 

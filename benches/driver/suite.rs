@@ -24,6 +24,11 @@ pub(crate) struct Options {
     pub(crate) manifest: PathBuf,
     pub(crate) out: PathBuf,
     pub(crate) cold: bool,
+    /// `--targets`: the [`Kind::id`]s to run (direct always runs); all when `None`.
+    pub(crate) targets: Option<Vec<String>>,
+    /// `--cold-starts`: which cold starts to measure (`qp`, `activator`,
+    /// `local`); all when `None`.
+    pub(crate) cold_starts: Option<Vec<String>>,
     /// The command line, for the report.
     pub(crate) command: String,
 }
@@ -47,6 +52,9 @@ const CLOSED_MAX_REQUESTS: u64 = 5_000_000;
 /// Idle keep-alive connections held open for the memory figure.
 pub(crate) const IDLE_CONNECTIONS: usize = 1000;
 
+/// The workloads; durations are chosen so that a full run (5 rounds × 5
+/// targets) stays under 5 minutes and a quick one (3 rounds) under 1 minute
+/// on 2 cores, cold starts included.
 fn workloads(quick: bool) -> Vec<Workload> {
     let secs =
         |full: f64, quick_s: f64| Duration::from_secs_f64(if quick { quick_s } else { full });
@@ -64,7 +72,7 @@ fn workloads(quick: bool) -> Vec<Workload> {
         Workload {
             id: "tiny_fixed_rate",
             title: "Tiny responses at 1000 rps (open loop, 8 connections)",
-            ..open(1000, secs(3.0, 0.8))
+            ..open(1000, secs(2.5, 0.6))
         },
         Workload {
             id: "max_throughput",
@@ -72,7 +80,7 @@ fn workloads(quick: bool) -> Vec<Workload> {
             connections: 32,
             mode: Mode::Closed,
             max_requests: CLOSED_MAX_REQUESTS,
-            ..open(1, secs(2.0, 0.8))
+            ..open(1, secs(2.0, 0.6))
         },
         Workload {
             id: "handler_100ms",
@@ -83,7 +91,7 @@ fn workloads(quick: bool) -> Vec<Workload> {
                 "containerConcurrency 10 caps one pod at 100 rps with a 100 ms handler \
                  (Knative scales out instead), so this shape is run with cc=0 only",
             ),
-            ..open(1000, secs(3.0, 1.0))
+            ..open(1000, secs(2.5, 0.8))
         },
         Workload {
             id: "stream_64kb",
@@ -91,7 +99,7 @@ fn workloads(quick: bool) -> Vec<Workload> {
             path: "/stream/64",
             mode: Mode::Closed,
             max_requests: CLOSED_MAX_REQUESTS,
-            ..open(1, secs(2.0, 0.6))
+            ..open(1, secs(1.5, 0.5))
         },
     ]
 }
@@ -148,6 +156,13 @@ pub(crate) struct TargetResult {
     pub(crate) p99_vs_nginx: Option<Agg>,
     pub(crate) cpu_s_per_100k: Option<Agg>,
     pub(crate) cpu_vs_nginx: Option<Agg>,
+    /// The front process alone (the activator of `activator+queue-proxy`).
+    pub(crate) front_cpu_s_per_100k: Option<Agg>,
+    pub(crate) front_cpu_vs_nginx: Option<Agg>,
+    /// `activator+queue-proxy` minus `queue-proxy cc=0` in the same round:
+    /// what the activator adds.
+    pub(crate) added_over_qp_p50_us: Option<Agg>,
+    pub(crate) added_over_qp_p99_us: Option<Agg>,
     pub(crate) failed: u64,
     pub(crate) total: u64,
 }
@@ -155,6 +170,8 @@ pub(crate) struct TargetResult {
 #[derive(Debug, Default, Serialize)]
 pub(crate) struct Cost {
     pub(crate) target: String,
+    /// For a process measured alone, the target it is part of.
+    pub(crate) part_of: Option<String>,
     pub(crate) rss_idle_kib: u64,
     pub(crate) rss_after_load_kib: u64,
     pub(crate) peak_hwm_kib: u64,
@@ -192,6 +209,17 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<Report> {
     let mut targets = Vec::new();
     let mut statuses = Vec::new();
     for kind in Kind::all() {
+        if let Some(ids) = &opts.targets
+            && kind != Kind::Direct
+            && !ids.contains(&kind.id())
+        {
+            statuses.push(TargetStatus {
+                name: kind.name(),
+                ran: false,
+                note: Some("not selected (--targets)".to_owned()),
+            });
+            continue;
+        }
         match kind.start(&opts.bins, upstream_addr, &dir).await {
             Ok(t) => {
                 eprintln!("kdp-bench: {} on {}", kind.name(), t.addr);
@@ -215,19 +243,25 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<Report> {
 
     // Idle memory, settled, before any load beyond the readiness check.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut costs: Vec<Cost> = targets
+    // One row per proxy, plus one per front process measured alone.
+    let measured: Vec<(&Target, bool)> = targets
         .iter()
         .filter(|t| !t.procs.is_empty())
-        .map(|t| Cost {
-            target: t.kind.name(),
-            rss_idle_kib: usage(t).rss_kib,
+        .flat_map(|t| std::iter::once((t, false)).chain(t.front.is_some().then_some((t, true))))
+        .collect();
+    let mut costs: Vec<Cost> = measured
+        .iter()
+        .map(|&(t, front)| Cost {
+            target: cost_name(t, front),
+            part_of: front.then(|| t.kind.name()),
+            rss_idle_kib: usage_of(t, front).rss_kib,
             ..Cost::default()
         })
         .collect();
 
     // Warm-up, unrecorded.
     for t in &targets {
-        let spec = spec_for(&workloads[1], t.addr, Duration::from_millis(300));
+        let spec = spec_for(&workloads[1], t, Duration::from_millis(300));
         if let Err(e) = load::run(&spec).await {
             notes.push(format!("warm-up of {} failed: {e:#}", t.kind.name()));
         }
@@ -247,16 +281,20 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<Report> {
                     }
                     continue;
                 }
-                let spec = spec_for(w, t.addr, w.duration);
-                let before = usage(t);
+                let spec = spec_for(w, t, w.duration);
+                let before = (usage(t), usage_of(t, true));
                 let result = load::run(&spec).await;
-                let after = usage(t);
+                let after = (usage(t), usage_of(t, true));
+                let secs =
+                    |a: Usage, b: Usage| a.cpu_ticks.saturating_sub(b.cpu_ticks) as f64 / ticks;
                 match result {
                     Ok(r) => {
-                        let cpu = (!t.procs.is_empty()).then(|| {
-                            after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / ticks
-                        });
-                        runs[wi][ti].push(RunStats::new(round, &r, cpu));
+                        let cpu = (!t.procs.is_empty()).then(|| secs(after.0, before.0));
+                        let mut stats = RunStats::new(round, &r, cpu);
+                        if t.front.is_some() {
+                            stats.set_front_cpu(secs(after.1, before.1));
+                        }
+                        runs[wi][ti].push(stats);
                     }
                     Err(e) => notes.push(format!(
                         "round {round}, {}, {}: {}",
@@ -272,34 +310,54 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<Report> {
     }
 
     // Memory after load, then with idle keep-alive connections open.
-    for (cost, t) in costs
-        .iter_mut()
-        .zip(targets.iter().filter(|t| !t.procs.is_empty()))
-    {
-        let u = usage(t);
-        cost.rss_after_load_kib = u.rss_kib;
-        cost.idle_conns = IDLE_CONNECTIONS;
-        match load::open_idle(t.addr, HOST, IDLE_CONNECTIONS).await {
+    for t in targets.iter().filter(|t| !t.procs.is_empty()) {
+        let rows: Vec<(usize, bool)> = measured
+            .iter()
+            .enumerate()
+            .filter(|(_, (m, _))| std::ptr::eq(*m, t))
+            .map(|(i, &(_, front))| (i, front))
+            .collect();
+        for &(i, front) in &rows {
+            costs[i].rss_after_load_kib = usage_of(t, front).rss_kib;
+            costs[i].idle_conns = IDLE_CONNECTIONS;
+        }
+        match load::open_idle(t.addr, HOST, &t.headers, IDLE_CONNECTIONS).await {
             Ok(conns) => {
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                cost.rss_idle_conns_kib = Some(usage(t).rss_kib);
+                for &(i, front) in &rows {
+                    costs[i].rss_idle_conns_kib = Some(usage_of(t, front).rss_kib);
+                }
                 drop(conns);
             }
-            Err(e) => cost.note = Some(format!("{IDLE_CONNECTIONS} idle connections: {e:#}")),
+            Err(e) => {
+                for &(i, _) in &rows {
+                    costs[i].note = Some(format!("{IDLE_CONNECTIONS} idle connections: {e:#}"));
+                }
+            }
         }
-        cost.peak_hwm_kib = usage(t).hwm_kib;
+        for &(i, front) in &rows {
+            costs[i].peak_hwm_kib = usage_of(t, front).hwm_kib;
+        }
     }
     for t in &mut targets {
         for p in &mut t.procs {
-            if p.exited() {
+            if let Some(status) = p.exit_status() {
                 notes.push(format!(
-                    "{} exited during the run: {}",
+                    "{} exited during the run ({status}): {}",
                     p.name,
                     p.log_tail()
                 ));
             }
             p.kill().await;
         }
+        // The activator's fake API server and autoscaler, once it is gone.
+        drop(t.cluster.take());
+    }
+    if let Some(status) = upstream.exit_status() {
+        notes.push(format!(
+            "the upstream exited during the run ({status}): {}",
+            upstream.log_tail()
+        ));
     }
     upstream.kill().await;
 
@@ -335,12 +393,12 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-fn spec_for(w: &Workload, addr: SocketAddr, duration: Duration) -> LoadSpec {
+fn spec_for(w: &Workload, t: &Target, duration: Duration) -> LoadSpec {
     LoadSpec {
-        addr,
+        addr: t.addr,
         host: HOST.to_owned(),
         path: w.path.to_owned(),
-        headers: Vec::new(),
+        headers: t.headers.clone(),
         connections: w.connections,
         mode: w.mode,
         duration,
@@ -361,6 +419,25 @@ fn usage(t: &Target) -> Usage {
     total
 }
 
+/// The front process alone (`front`), or all of the target's processes.
+fn usage_of(t: &Target, front: bool) -> Usage {
+    if !front {
+        return usage(t);
+    }
+    match (t.front, t.procs.first()) {
+        (Some(_), Some(p)) => p.usage().unwrap_or_default(),
+        _ => Usage::default(),
+    }
+}
+
+/// The cost table's name for a target or its front process.
+fn cost_name(t: &Target, front: bool) -> String {
+    match t.front {
+        Some(name) if front => format!("{name} alone"),
+        _ => t.kind.name(),
+    }
+}
+
 /// Starts `kdp-bench upstream` and waits until it answers.
 async fn start_upstream(dir: &Path) -> anyhow::Result<(Managed, SocketAddr)> {
     let port = free_port()?;
@@ -373,7 +450,14 @@ async fn start_upstream(dir: &Path) -> anyhow::Result<(Managed, SocketAddr)> {
 }
 
 async fn cold_starts(opts: &Options, dir: &Path, notes: &mut Vec<String>) -> Vec<ColdStart> {
-    let (qp_rounds, local_rounds) = if opts.quick { (3, 2) } else { (10, 5) };
+    let (qp_rounds, activator_rounds, local_rounds) =
+        if opts.quick { (3, 3, 2) } else { (10, 10, 5) };
+    let selected = |id: &str| {
+        opts.cold_starts
+            .as_ref()
+            .is_none_or(|ids| ids.iter().any(|i| i == id))
+    };
+    let not_selected = || Some("not selected (--cold-starts)".to_owned());
     let mut out = Vec::new();
 
     let mut entry = ColdStart {
@@ -383,7 +467,9 @@ async fn cold_starts(opts: &Options, dir: &Path, notes: &mut Vec<String>) -> Vec
         runs_ms: Vec::new(),
         note: None,
     };
-    if opts.bins.queue_proxy.is_file() {
+    if !selected("qp") {
+        entry.note = not_selected();
+    } else if opts.bins.queue_proxy.is_file() {
         for _ in 0..qp_rounds {
             match cold::queue_proxy(&opts.bins.queue_proxy, dir).await {
                 Ok(d) => entry.runs_ms.push(d.as_secs_f64() * 1e3),
@@ -396,20 +482,41 @@ async fn cold_starts(opts: &Options, dir: &Path, notes: &mut Vec<String>) -> Vec
     entry.ms = Agg::of(entry.runs_ms.iter().copied());
     out.push(entry);
 
-    out.push(ColdStart {
+    let mut entry = ColdStart {
         id: "activator_forward",
-        title: "activator: queue-proxy ready → held request forwarded",
+        title: "activator: pod's Endpoints ready (queue-proxy answering ready) → held request reaches the pod",
         ms: None,
         runs_ms: Vec::new(),
-        note: Some(if opts.bins.activator.is_file() {
-            "the driver has no activator launcher yet".to_owned()
-        } else {
-            format!(
-                "{} not found: no activator binary yet",
-                opts.bins.activator.display()
-            )
-        }),
-    });
+        note: None,
+    };
+    let missing = [&opts.bins.activator, &opts.bins.queue_proxy]
+        .into_iter()
+        .find(|p| !p.is_file());
+    if !selected("activator") {
+        entry.note = not_selected();
+    } else if let Some(path) = missing {
+        entry.note = Some(format!("{} not found", path.display()));
+    } else if !crate::activator::pod_ip_usable() {
+        entry.note = Some(format!("cannot bind {}", crate::activator::POD_IP));
+    } else {
+        let bins = cold::ActivatorBins {
+            activator: &opts.bins.activator,
+            queue_proxy: &opts.bins.queue_proxy,
+        };
+        match cold::activator_forward(bins, dir, activator_rounds).await {
+            Ok(rounds) => {
+                for r in rounds {
+                    match r {
+                        Ok(d) => entry.runs_ms.push(d.as_secs_f64() * 1e3),
+                        Err(e) => notes.push(format!("activator cold start: {e:#}")),
+                    }
+                }
+            }
+            Err(e) => entry.note = Some(format!("{e:#}")),
+        }
+    }
+    entry.ms = Agg::of(entry.runs_ms.iter().copied());
+    out.push(entry);
 
     let mut entry = ColdStart {
         id: "local_first_response",
@@ -418,7 +525,9 @@ async fn cold_starts(opts: &Options, dir: &Path, notes: &mut Vec<String>) -> Vec
         runs_ms: Vec::new(),
         note: None,
     };
-    if !opts.bins.kdp.is_file() {
+    if !selected("local") {
+        entry.note = not_selected();
+    } else if !opts.bins.kdp.is_file() {
         entry.note = Some(format!("{} not found", opts.bins.kdp.display()));
     } else if !opts.manifest.is_file() {
         entry.note = Some(format!("{} not found", opts.manifest.display()));
@@ -440,6 +549,7 @@ fn summarize(w: &Workload, names: &[String], runs: Vec<Vec<RunStats>>) -> Worklo
     let find = |name: &str| names.iter().position(|n| n == name);
     let direct = find(&Kind::Direct.name()).map(|i| runs[i].clone());
     let nginx = find(&Kind::Nginx.name()).map(|i| runs[i].clone());
+    let qp0 = find(&Kind::QueueProxy { cc: 0 }.name()).map(|i| runs[i].clone());
     let same_round = |base: &Option<Vec<RunStats>>, round: usize| -> Option<RunStats> {
         base.as_ref()?.iter().find(|r| r.round == round).cloned()
     };
@@ -457,6 +567,7 @@ fn summarize(w: &Workload, names: &[String], runs: Vec<Vec<RunStats>>) -> Worklo
             };
             let is_direct = *name == Kind::Direct.name();
             let is_nginx = *name == Kind::Nginx.name();
+            let is_activator = *name == Kind::Activator.name();
             let not_self = |cond: bool, a: Option<Agg>| if cond { None } else { a };
             TargetResult {
                 target: name.clone(),
@@ -479,6 +590,17 @@ fn summarize(w: &Workload, names: &[String], runs: Vec<Vec<RunStats>>) -> Worklo
                         Some(r.cpu_s_per_100k? / b.cpu_s_per_100k?)
                     })),
                 ),
+                front_cpu_s_per_100k: Agg::of(runs.iter().filter_map(|r| r.front_cpu_s_per_100k)),
+                front_cpu_vs_nginx: Agg::of(runs.iter().filter_map(|r| {
+                    let b = same_round(&nginx, r.round)?;
+                    Some(r.front_cpu_s_per_100k? / b.cpu_s_per_100k?)
+                })),
+                added_over_qp_p50_us: is_activator
+                    .then(|| paired(&qp0, &|r, b| r.p50_us - b.p50_us))
+                    .flatten(),
+                added_over_qp_p99_us: is_activator
+                    .then(|| paired(&qp0, &|r, b| r.p99_us - b.p99_us))
+                    .flatten(),
                 failed: runs.iter().map(|r| r.failed).sum(),
                 total: runs.iter().map(|r| r.failed + r.ok).sum(),
                 runs,

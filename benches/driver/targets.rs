@@ -1,8 +1,9 @@
 //! The systems under test, all in front of the same upstream.
 //!
-//! A target is an address to load plus, for a proxy, the process to
-//! measure. Adding one (the activator, Knative's Go queue-proxy) means a
-//! [`Kind`] variant, a `start_*` function and a line in [`Kind::all`].
+//! A target is an address to load, the headers every request to it carries,
+//! and, for a proxy, the processes to measure. Adding one (Knative's Go
+//! queue-proxy) means a [`Kind`] variant, a `start_*` function and a line in
+//! [`Kind::all`].
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use http::{HeaderName, HeaderValue};
 use tokio::process::Command;
 use tokio::time::Instant;
 
+use crate::activator::{self, FakeCluster};
 use crate::load;
 use crate::procs::{Managed, free_port};
 
@@ -26,7 +28,8 @@ pub(crate) enum Kind {
     Direct,
     /// kdp's queue-proxy with this `containerConcurrency`.
     QueueProxy { cc: u32 },
-    /// kdp's activator in front of a queue-proxy (not built yet).
+    /// kdp's activator in front of a queue-proxy (both cc=0), the revision
+    /// having one ready pod.
     Activator,
     /// nginx as a keep-alive reverse proxy.
     Nginx,
@@ -37,8 +40,16 @@ pub(crate) enum Kind {
 pub(crate) struct Target {
     pub(crate) kind: Kind,
     pub(crate) addr: SocketAddr,
+    /// Sent with every request (the activator's routing headers).
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
     /// The proxy process(es) whose cost is measured; none for direct.
     pub(crate) procs: Vec<Managed>,
+    /// With several processes: the name under which the first one is also
+    /// measured alone (the activator, in front of its queue-proxy).
+    pub(crate) front: Option<&'static str>,
+    /// What the processes need from the driver (the activator's fake API
+    /// server and autoscaler); dropped with the target.
+    pub(crate) cluster: Option<FakeCluster>,
 }
 
 /// Paths of the binaries under test.
@@ -62,6 +73,16 @@ impl Kind {
         ]
     }
 
+    /// The name `--targets` selects it by.
+    pub(crate) fn id(self) -> String {
+        match self {
+            Self::Direct => "direct".to_owned(),
+            Self::QueueProxy { cc } => format!("qp{cc}"),
+            Self::Activator => "activator".to_owned(),
+            Self::Nginx => "nginx".to_owned(),
+        }
+    }
+
     /// Short name used in tables and JSON.
     pub(crate) fn name(self) -> String {
         match self {
@@ -80,11 +101,7 @@ impl Kind {
         dir: &Path,
     ) -> Result<Target, String> {
         let started = match self {
-            Self::Direct => Ok(Target {
-                kind: self,
-                addr: upstream,
-                procs: Vec::new(),
-            }),
+            Self::Direct => Ok(Target::new(self, upstream, Vec::new())),
             Self::QueueProxy { cc } => {
                 if !bins.queue_proxy.is_file() {
                     return Err(format!(
@@ -96,31 +113,34 @@ impl Kind {
                 let qp = QueueProxy {
                     bin: &bins.queue_proxy,
                     cc,
+                    bind: Ipv4Addr::LOCALHOST,
                     port,
                     user_port: upstream.port(),
                     readiness_probe: None,
                 };
                 qp.spawn(dir, &self.name().replace([' ', '='], "-"))
                     .await
-                    .map(|proc| Target {
-                        kind: self,
-                        addr: loopback(port),
-                        procs: vec![proc],
-                    })
+                    .map(|proc| Target::new(self, loopback(port), vec![proc]))
             }
             Self::Activator => {
-                if !bins.activator.is_file() {
+                for (bin, pkg) in [
+                    (&bins.activator, "kdp-activator"),
+                    (&bins.queue_proxy, "kdp-queue-proxy"),
+                ] {
+                    if !bin.is_file() {
+                        return Err(format!(
+                            "{} not found; build it with `cargo build --release -p {pkg}`",
+                            bin.display()
+                        ));
+                    }
+                }
+                if !activator::pod_ip_usable() {
                     return Err(format!(
-                        "{} not found: the activator is not built yet \
-                         (`cargo build --release -p kdp-activator` once it exists)",
-                        bins.activator.display()
+                        "cannot bind {}: the pod needs a loopback address of its own",
+                        activator::POD_IP
                     ));
                 }
-                return Err(
-                    "the activator binary exists but the driver cannot start it yet: \
-                     add its launcher to benches/driver/targets.rs"
-                        .to_owned(),
-                );
+                start_activator(bins, upstream, dir).await
             }
             Self::Nginx => {
                 let Some(nginx) = &bins.nginx else {
@@ -134,11 +154,66 @@ impl Kind {
             }
         };
         let target = started.map_err(|e| format!("{e:#}"))?;
-        wait_ready(target.addr, &[], Duration::from_secs(10))
+        wait_ready(target.addr, &target.headers, Duration::from_secs(10))
             .await
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(|e| describe_failure(&target, &e))?;
         Ok(target)
     }
+}
+
+// === impl Target ===
+
+impl Target {
+    fn new(kind: Kind, addr: SocketAddr, procs: Vec<Managed>) -> Self {
+        Self {
+            kind,
+            addr,
+            headers: Vec::new(),
+            procs,
+            front: None,
+            cluster: None,
+        }
+    }
+}
+
+/// Revision name of the activator target.
+const ACTIVATOR_REVISION: &str = "bench-00001";
+
+/// The activator in front of a queue-proxy on [`activator::POD_IP`], in front
+/// of `upstream`. Revision and queue-proxy both have containerConcurrency 0,
+/// so the activator's own cost is the difference to `queue-proxy cc=0`.
+async fn start_activator(
+    bins: &Binaries,
+    upstream: SocketAddr,
+    dir: &Path,
+) -> anyhow::Result<Target> {
+    let cluster = FakeCluster::start(dir, "activator").await?;
+    let qp_port = free_port()?;
+    let qp = QueueProxy {
+        bin: &bins.queue_proxy,
+        cc: 0,
+        bind: activator::POD_IP,
+        port: qp_port,
+        user_port: upstream.port(),
+        readiness_probe: None,
+    }
+    .spawn(dir, "activator-queue-proxy")
+    .await?;
+    let pod = activator::pod_addr(qp_port);
+    wait_ready(pod, &queue_probe_headers(), Duration::from_secs(10)).await?;
+    cluster.revision(ACTIVATOR_REVISION, 0);
+    cluster.endpoints(ACTIVATOR_REVISION, &[pod]);
+    let port = free_port()?;
+    let activator = cluster.spawn_activator(&bins.activator, port, dir, "activator")?;
+    Ok(Target {
+        kind: Kind::Activator,
+        addr: loopback(port),
+        headers: activator::routing_headers(ACTIVATOR_REVISION)?,
+        // The activator first: measured alone as well.
+        procs: vec![activator, qp],
+        front: Some("activator"),
+        cluster: Some(cluster),
+    })
 }
 
 /// How to start one queue-proxy.
@@ -146,6 +221,8 @@ impl Kind {
 pub(crate) struct QueueProxy<'a> {
     pub(crate) bin: &'a Path,
     pub(crate) cc: u32,
+    /// The pod IP: every port binds it.
+    pub(crate) bind: Ipv4Addr,
     pub(crate) port: u16,
     pub(crate) user_port: u16,
     /// `SERVING_READINESS_PROBE`; none means always ready.
@@ -169,8 +246,8 @@ impl QueueProxy<'_> {
             .env("SERVING_CONFIGURATION", "bench")
             .env("SERVING_REVISION", "bench-00001")
             .env("SERVING_POD", "bench-00001-deployment-0")
-            .env("SERVING_POD_IP", "127.0.0.1")
-            .env("KDP_BIND_ADDRESS", "127.0.0.1")
+            .env("SERVING_POD_IP", self.bind.to_string())
+            .env("KDP_BIND_ADDRESS", self.bind.to_string())
             .env("KDP_ADMIN_PORT", port(free_port()?))
             .env("KDP_METRICS_PORT", port(free_port()?))
             .env("KDP_DRAIN_QUIET_PERIOD", "0s")
@@ -209,11 +286,7 @@ async fn start_nginx(bin: &Path, upstream: SocketAddr, dir: &Path) -> anyhow::Re
         .arg(&conf)
         .args(["-g", "daemon off;"]);
     let proc = Managed::spawn("nginx", cmd, &dir.join("nginx.log"))?;
-    Ok(Target {
-        kind: Kind::Nginx,
-        addr: loopback(port),
-        procs: vec![proc],
-    })
+    Ok(Target::new(Kind::Nginx, loopback(port), vec![proc]))
 }
 
 /// A reverse proxy as one would deploy it in front of a pod: keep-alive to

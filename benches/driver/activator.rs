@@ -1,0 +1,162 @@
+//! The activator's surroundings, in the driver's process: a fake Kubernetes
+//! API server and a fake autoscaler (`kdp-test-support`, as the activator's
+//! integration tests use them), and the release `activator` binary pointed at
+//! them.
+//!
+//! The activator reads Kubernetes through a kubeconfig (`KUBECONFIG`) whose
+//! server is the fake API server's `http://127.0.0.1:<port>`, and reports to
+//! the fake autoscaler through `KDP_AUTOSCALER_URL`. A pod is a queue-proxy on
+//! a loopback address of its own (`127.0.0.2`); the driver publishes it in
+//! the revision's private Endpoints, which is what marks it ready.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use http::{HeaderName, HeaderValue};
+use kdp_test_support::{FakeApiServer, FakeAutoscaler};
+use serde_json::{Value, json};
+use tokio::process::Command;
+
+use crate::procs::{Managed, free_port};
+
+/// Namespace of every benchmark revision.
+pub(crate) const NAMESPACE: &str = "default";
+/// The address pods (queue-proxies behind the activator) listen on.
+pub(crate) const POD_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+
+/// The cluster the activator sees: the fakes and the kubeconfig naming them.
+/// Dropping it stops both fakes.
+#[derive(Debug)]
+pub(crate) struct FakeCluster {
+    pub(crate) api: FakeApiServer,
+    autoscaler: FakeAutoscaler,
+    kubeconfig: PathBuf,
+}
+
+impl FakeCluster {
+    /// Starts both fakes on the driver's runtime and writes `dir/<name>.kubeconfig`.
+    pub(crate) async fn start(dir: &Path, name: &str) -> anyhow::Result<Self> {
+        let api = FakeApiServer::start().await;
+        let autoscaler = FakeAutoscaler::start().await;
+        let kubeconfig = dir.join(format!("{name}.kubeconfig"));
+        std::fs::write(&kubeconfig, kubeconfig_yaml(&api.url()))?;
+        Ok(Self {
+            api,
+            autoscaler,
+            kubeconfig,
+        })
+    }
+
+    /// Creates (or replaces) revision `name` with `containerConcurrency: cc`.
+    pub(crate) fn revision(&self, name: &str, cc: u32) {
+        self.api.apply(json!({
+            "apiVersion": "serving.knative.dev/v1",
+            "kind": "Revision",
+            "metadata": {"name": name, "namespace": NAMESPACE,
+                         "labels": {"serving.knative.dev/service": "bench",
+                                    "serving.knative.dev/configuration": "bench"}},
+            "spec": {"containerConcurrency": cc, "timeoutSeconds": 300,
+                     "containers": [{"image": "bench",
+                                     "ports": [{"name": "http1", "containerPort": 8080}]}]}
+        }));
+    }
+
+    /// Sets revision `name`'s private Endpoints to `pods`, all ready (an
+    /// empty list: scaled to zero).
+    pub(crate) fn endpoints(&self, name: &str, pods: &[SocketAddr]) {
+        self.api.apply(private_endpoints(name, pods));
+    }
+
+    /// Spawns the activator binary against this cluster, listening on
+    /// `127.0.0.1:port`.
+    pub(crate) fn spawn_activator(
+        &self,
+        bin: &Path,
+        port: u16,
+        dir: &Path,
+        name: &str,
+    ) -> anyhow::Result<Managed> {
+        let p = |port: u16| port.to_string();
+        let mut cmd = Command::new(bin);
+        cmd.env_clear()
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("POD_NAME", "activator-bench")
+            .env("POD_IP", "127.0.0.1")
+            .env("SYSTEM_NAMESPACE", "knative-serving")
+            .env("KDP_AUTOSCALER_URL", self.autoscaler.url())
+            .env("KDP_BIND_ADDRESS", "127.0.0.1")
+            .env("KDP_HTTP1_PORT", p(port))
+            .env("KDP_H2C_PORT", p(free_port()?))
+            .env("METRICS_PROMETHEUS_PORT", p(free_port()?))
+            .env("KDP_DRAIN_TIMEOUT", "0s");
+        // For debugging a run: `RUST_LOG=debug kdp-bench ...` reaches the activator.
+        if let Some(filter) = std::env::var_os("RUST_LOG") {
+            cmd.env("RUST_LOG", filter);
+        }
+        Managed::spawn(name, cmd, &dir.join(format!("{name}.log")))
+    }
+}
+
+/// The headers an ingress adds to route a request to revision `name`.
+pub(crate) fn routing_headers(name: &str) -> anyhow::Result<Vec<(HeaderName, HeaderValue)>> {
+    Ok(vec![
+        (
+            HeaderName::from_static("knative-serving-namespace"),
+            HeaderValue::from_static(NAMESPACE),
+        ),
+        (
+            HeaderName::from_static("knative-serving-revision"),
+            HeaderValue::try_from(name)?,
+        ),
+    ])
+}
+
+/// A pod's address: its queue-proxy's port on [`POD_IP`].
+pub(crate) fn pod_addr(port: u16) -> SocketAddr {
+    SocketAddr::from((POD_IP, port))
+}
+
+/// Whether [`POD_IP`] can be bound here (all of 127/8 is loopback on Linux).
+pub(crate) fn pod_ip_usable() -> bool {
+    std::net::TcpListener::bind(pod_addr(0)).is_ok()
+}
+
+fn private_endpoints(rev: &str, pods: &[SocketAddr]) -> Value {
+    let subsets: Vec<Value> = pods
+        .iter()
+        .map(|p| {
+            json!({"addresses": [{"ip": p.ip().to_string()}],
+                   "ports": [{"name": "http", "port": p.port()}]})
+        })
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Endpoints",
+        "metadata": {"name": format!("{rev}-private"), "namespace": NAMESPACE,
+                     "labels": {"serving.knative.dev/revision": rev,
+                                "serving.knative.dev/revisionUID": format!("uid-{rev}"),
+                                "networking.internal.knative.dev/serviceType": "Private"}},
+        "subsets": subsets
+    })
+}
+
+fn kubeconfig_yaml(server: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: fake
+  cluster:
+    server: {server}
+contexts:
+- name: fake
+  context:
+    cluster: fake
+    user: fake
+current-context: fake
+users:
+- name: fake
+  user: {{}}
+"
+    )
+}
