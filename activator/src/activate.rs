@@ -23,8 +23,11 @@ use kdp_core::header::{
 };
 use kdp_proxy::body::{BoxBody, Guarded};
 use kdp_proxy::forward::Forward;
+use kdp_proxy::pool::UpstreamTls;
 use kdp_proxy::respond::raw;
+use rustls::pki_types::ServerName;
 
+use crate::certs::{self, UpstreamTrust};
 use crate::report::Revision;
 use crate::revision::RevisionInfo;
 use crate::throttle::{Protocol, QueueFull, ThrottleError, Throttler};
@@ -39,6 +42,9 @@ pub struct Activate {
     budget: Arc<HeldBudget>,
     /// `enable-mesh-pod-addressability`: address pods through the mesh.
     passthrough_lb: bool,
+    /// system-internal-tls: what pods must prove over TLS, and the server
+    /// name sent to them.
+    upstream_tls: Option<(Arc<UpstreamTrust>, ServerName<'static>)>,
 }
 
 /// A process-wide bound on the memory of held requests, across revisions.
@@ -74,7 +80,19 @@ impl Activate {
                 used: AtomicUsize::new(0),
             }),
             passthrough_lb: false,
+            upstream_tls: None,
         }
+    }
+
+    /// With system-internal-tls: requests go to pods (port 8112) and private
+    /// ClusterIPs (port 443) over TLS, verified by `trust` for the
+    /// revision's namespace.
+    #[must_use]
+    pub fn with_upstream_tls(mut self, trust: Option<Arc<UpstreamTrust>>) -> Self {
+        let name = ServerName::try_from(certs::DATA_PLANE_SERVER_NAME)
+            .expect("the data-plane server name is a DNS name");
+        self.upstream_tls = trust.map(|trust| (trust, name));
+        self
     }
 
     /// With `enable-mesh-pod-addressability`: upstream requests carry
@@ -121,7 +139,17 @@ impl Activate {
             }
         };
         let passthrough = self.passthrough_lb.then_some(&key);
-        rewrite(&mut req, lease.dest(), passthrough)?;
+        match &self.upstream_tls {
+            Some((trust, name)) => {
+                let dest = certs::tls_dest(lease.dest(), lease.is_cluster_ip());
+                rewrite(&mut req, "https", &dest, passthrough)?;
+                req.extensions_mut().insert(UpstreamTls::new(
+                    trust.client_config(&key.namespace),
+                    name.clone(),
+                ));
+            }
+            None => rewrite(&mut req, "http", lease.dest(), passthrough)?,
+        }
         // Boxed so that a held request does not carry the forwarding state.
         let rsp = Box::pin(self.forward.forward(req)).await?;
         Ok(rsp.map(|body| Guarded::boxed(body, lease)))
@@ -174,6 +202,7 @@ impl Drop for Held<'_> {
 /// revision's private Service instead and `K-Passthrough-Lb: true` is added.
 fn rewrite<B>(
     req: &mut Request<B>,
+    scheme: &str,
     dest: &str,
     passthrough: Option<&kdp_stats::RevisionKey>,
 ) -> Result<(), Error> {
@@ -212,7 +241,7 @@ fn rewrite<B>(
         .uri()
         .path_and_query()
         .map_or("/", http::uri::PathAndQuery::as_str);
-    *req.uri_mut() = format!("http://{dest}{path}").parse::<Uri>()?;
+    *req.uri_mut() = format!("{scheme}://{dest}{path}").parse::<Uri>()?;
     Ok(())
 }
 
@@ -261,7 +290,7 @@ mod tests {
             .header("knative-serving-namespace", "default")
             .body(())
             .unwrap();
-        rewrite(&mut req, "10.0.0.1:8012", None).unwrap();
+        rewrite(&mut req, "http", "10.0.0.1:8012", None).unwrap();
         assert_eq!(req.uri(), "http://10.0.0.1:8012/p?q=1");
         assert_eq!(req.headers()["host"], "10.0.0.1:8012");
         assert_eq!(
@@ -277,7 +306,7 @@ mod tests {
     fn rewrite_with_mesh_pod_addressability() {
         let key = kdp_stats::RevisionKey::new("real-namespace", "real-name");
         let mut req = Request::get("/").header("host", "h").body(()).unwrap();
-        rewrite(&mut req, "10.0.0.1:8012", Some(&key)).unwrap();
+        rewrite(&mut req, "http", "10.0.0.1:8012", Some(&key)).unwrap();
         assert_eq!(req.uri(), "http://10.0.0.1:8012/");
         assert_eq!(req.headers()["host"], "real-name-private.real-namespace");
         assert_eq!(req.headers()["k-passthrough-lb"], "true");

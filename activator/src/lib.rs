@@ -316,7 +316,8 @@ impl App {
                 Forward::new(upstream.clone(), Target::FromUri),
                 config.held_bytes_budget,
             )
-            .with_passthrough_lb(network.mesh_pod_addressability),
+            .with_passthrough_lb(network.mesh_pod_addressability)
+            .with_upstream_tls(tls.as_ref().map(|t| t.trust.clone())),
             request_log: request_log.clone(),
         });
         Self {

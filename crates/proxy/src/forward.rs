@@ -20,14 +20,13 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Extensions, Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioIo;
 use kdp_core::header::X_FORWARDED_FOR;
-use kdp_core::{Error, ErrorChain, cause_ref};
+use kdp_core::{Error, ErrorChain};
 use tokio::sync::Notify;
 
 use crate::body::{self, BoxBody};
-use crate::pool::{ConnUses, Dialer, Http1Pool, Target, Upstream};
+use crate::pool::{Http1Pool, Http2Pool, Target, Upstream};
 use crate::timeout::RequestDeadline;
 
 /// The downstream peer's address; [`serve`](crate::serve) puts it in every request's extensions.
@@ -231,25 +230,20 @@ async fn send_h1(
     }
 }
 
-/// [`send_h1`] for h2c, on hyper-util's pool (one multiplexed connection).
+/// [`send_h1`] for HTTP/2 (one multiplexed connection per destination).
 async fn send_h2(
-    client: &Client<Dialer, BoxBody>,
+    pool: &Http2Pool,
     mut req: Request<BoxBody>,
     replay: Option<Replay>,
 ) -> Result<Response<BoxBody>, Error> {
     let mut replays = 0;
     loop {
-        match client.request(req).await {
-            Ok(rsp) => {
-                if let Some(uses) = rsp.extensions().get::<ConnUses>() {
-                    uses.record();
-                }
-                return Ok(rsp.map(body::boxed));
-            }
+        match pool.send(req).await {
+            Ok(rsp) => return Ok(rsp.map(body::boxed)),
             Err(err) => {
                 let Some(again) = replay
                     .as_ref()
-                    .filter(|_| replays < MAX_REPLAYS && closed_before_answering(&err))
+                    .filter(|_| replays < MAX_REPLAYS && err.closed_before_answering())
                 else {
                     return Err(err.into());
                 };
@@ -259,28 +253,6 @@ async fn send_h2(
             }
         }
     }
-}
-
-/// True when a reused pooled h2 connection failed before any response.
-fn closed_before_answering(err: &hyper_util::client::legacy::Error) -> bool {
-    if err.is_connect() {
-        return false;
-    }
-    let reused = err.connect_info().is_some_and(|info| {
-        let mut extensions = Extensions::new();
-        info.get_extras(&mut extensions);
-        extensions.get::<ConnUses>().is_some_and(|u| u.count() > 0)
-    });
-    let closed = cause_ref::<hyper::Error>(err).is_some_and(hyper::Error::is_incomplete_message)
-        || cause_ref::<std::io::Error>(err).is_some_and(|io| {
-            matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-            )
-        });
-    reused && closed
 }
 
 // === impl Replay ===

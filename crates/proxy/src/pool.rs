@@ -1,42 +1,43 @@
 //! The upstream client: connection pools to the user container or to pods.
 //!
-//! Last stage of the request flow. [`Upstream`] holds two hyper-util pools,
-//! one speaking HTTP/1.1 and one speaking HTTP/2 with prior knowledge (h2c);
-//! the forwarder picks one per request by the *inbound* protocol version, as
-//! Knative does. Connections are dialled by [`Dialer`], which mirrors
-//! Knative's dialer: TCP keepalive 5 s, no Nagle, and an exponential
+//! Last stage of the request flow. [`Upstream`] holds two pools on hyper's
+//! low-level connections, one speaking HTTP/1.1 ([`Http1Pool`]) and one
+//! speaking HTTP/2 ([`Http2Pool`], prior knowledge over cleartext, ALPN over
+//! TLS); the forwarder picks one per request by the *inbound* protocol
+//! version, as Knative does. Connections are dialled by [`Dialer`], which
+//! mirrors Knative's dialer: TCP keepalive 5 s, no Nagle, and an exponential
 //! back-off that retries only dial *timeouts* (a refused connection fails at
-//! once and becomes a 502). Each connection carries a [`ConnUses`] counter,
-//! so the forwarder can tell a reused connection that the upstream closed
-//! under it (safe to retry an idempotent request on) from a fresh one.
+//! once and becomes a 502). A request carrying [`UpstreamTls`] in its
+//! extensions goes over TLS with that client configuration (the activator's
+//! system-internal-tls); connections are pooled per destination and TLS
+//! configuration.
 
-use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::Uri;
+use http::Request;
 use http::uri::Authority;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::body::BoxBody;
-
 mod http1;
+mod http2;
 
-pub use http1::{Http1Error, Http1Pool, PooledBody};
+pub use http1::{Http1Pool, PooledBody};
+pub use http2::Http2Pool;
 
 /// Idle upstream connections are closed after this long (Go's transport default).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// TCP keepalive on upstream connections.
 pub const TCP_KEEPALIVE: Duration = Duration::from_secs(5);
+/// Longest TLS handshake with an upstream (Go's transport default).
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where upstream connections go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,34 +57,45 @@ pub struct PoolConfig {
     pub max_idle_per_host: usize,
 }
 
-/// The two upstream pools, HTTP/1.1 and h2c.
+/// The two upstream pools, HTTP/1.1 and HTTP/2.
 #[derive(Clone, Debug)]
 pub struct Upstream {
     http1: Http1Pool,
-    http2: Client<Dialer, BoxBody>,
+    http2: Http2Pool,
 }
 
-/// Dials upstream TCP connections with Knative's timeout back-off.
+/// Request extension: reach this request's upstream over TLS.
+///
+/// The pool sets ALPN itself (`http/1.1` or `h2`) on a copy of `config`.
+/// Two requests share pooled connections only when they carry the *same*
+/// configuration (`Arc` identity), so a configuration built per trust
+/// domain (the activator's per-namespace SAN check) never reuses another's
+/// connection.
+#[derive(Clone, Debug)]
+pub struct UpstreamTls {
+    config: Arc<rustls::ClientConfig>,
+    server_name: ServerName<'static>,
+}
+
+/// Dials upstream connections with Knative's timeout back-off.
 #[derive(Clone, Copy, Debug)]
 pub struct Dialer {
     target: Target,
 }
 
-/// Responses an upstream connection has delivered so far.
-///
-/// Every response (and every error) of the pool carries its connection's
-/// counter in its extensions / connect info; the forwarder bumps it when
-/// response headers arrive. A connection that fails before answering while
-/// its count is above zero was *reused*: Go's transport retries idempotent
-/// requests in exactly that case.
-#[derive(Clone, Debug, Default)]
-pub struct ConnUses(Arc<AtomicUsize>);
+/// What a pooled connection is keyed by.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Dest {
+    /// `None` with a fixed target.
+    authority: Option<Authority>,
+    tls: Option<UpstreamTls>,
+}
 
-/// An upstream TCP connection, tagged with its [`ConnUses`].
+/// An upstream connection, plain or TLS.
 #[derive(Debug)]
-pub struct UpstreamConn {
-    tcp: TcpStream,
-    uses: ConnUses,
+enum UpstreamIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 /// A failed dial. `Display` reads like Go's `net` errors so 502 bodies match Knative's.
@@ -108,6 +120,33 @@ pub enum DialError {
     /// The URI named no usable address.
     #[error("dial tcp: missing address in {0}")]
     NoAddress(String),
+    /// The TLS handshake failed; the text is the verifier's own when it
+    /// refused the certificate (the activator's SAN check).
+    #[error("{reason}")]
+    Tls {
+        /// The address dialled.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A failed upstream exchange.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made.
+    #[error("cannot connect upstream")]
+    Dial(#[from] DialError),
+    /// The connection failed or the upstream answered garbage.
+    #[error("upstream connection failed")]
+    Exchange {
+        /// hyper's account.
+        #[source]
+        source: hyper::Error,
+        /// The connection had answered before (the upstream may have closed
+        /// it as an idle keep-alive connection while the request went out).
+        reused: bool,
+    },
 }
 
 // === impl Upstream ===
@@ -118,15 +157,9 @@ impl Upstream {
         let dialer = Dialer {
             target: config.target,
         };
-        let mut h2 = Client::builder(TokioExecutor::new());
-        h2.pool_idle_timeout(IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .http2_only(true)
-            .timer(TokioTimer::new())
-            .http2_adaptive_window(true);
         Self {
             http1: Http1Pool::new(dialer, config.max_idle_per_host),
-            http2: h2.build(dialer),
+            http2: Http2Pool::new(dialer),
         }
     }
 
@@ -135,17 +168,90 @@ impl Upstream {
         &self.http1
     }
 
-    /// The h2c (prior knowledge) pool.
-    pub fn http2(&self) -> &Client<Dialer, BoxBody> {
+    /// The HTTP/2 pool.
+    pub fn http2(&self) -> &Http2Pool {
         &self.http2
+    }
+}
+
+// === impl UpstreamTls ===
+
+impl UpstreamTls {
+    /// TLS with `config`, sending `server_name` (SNI and verification name).
+    pub fn new(config: Arc<rustls::ClientConfig>, server_name: ServerName<'static>) -> Self {
+        Self {
+            config,
+            server_name,
+        }
+    }
+}
+
+impl PartialEq for UpstreamTls {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.config, &other.config) && self.server_name == other.server_name
+    }
+}
+
+impl Eq for UpstreamTls {}
+
+impl Hash for UpstreamTls {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        Arc::as_ptr(&self.config).hash(state);
+    }
+}
+
+// === impl Dest ===
+
+impl Dest {
+    /// The destination of `req` for a pool dialling `target`.
+    fn of<B>(target: Target, req: &Request<B>) -> Result<Self, DialError> {
+        let authority = match target {
+            Target::Fixed(_) => None,
+            Target::FromUri => Some(
+                req.uri()
+                    .authority()
+                    .cloned()
+                    .ok_or_else(|| DialError::NoAddress(req.uri().to_string()))?,
+            ),
+        };
+        Ok(Self {
+            authority,
+            tls: req.extensions().get::<UpstreamTls>().cloned(),
+        })
     }
 }
 
 // === impl Dialer ===
 
 impl Dialer {
-    /// Connects to the target (or to `authority`, the request's), with
-    /// Knative's socket options and dial back-off.
+    /// Connects to `dest`, with Knative's socket options and dial back-off,
+    /// then TLS with `alpn` when the destination asks for it.
+    async fn connect(&self, dest: &Dest, alpn: &[u8]) -> Result<UpstreamIo, DialError> {
+        let tcp = self.dial(dest.authority.as_ref()).await?;
+        let Some(tls) = &dest.tls else {
+            return Ok(UpstreamIo::Plain(tcp));
+        };
+        let addr = tcp
+            .peer_addr()
+            .map_or_else(|_| String::new(), |a| a.to_string());
+        let mut config = (*tls.config).clone();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let handshake = connector.connect(tls.server_name.clone(), tcp);
+        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(stream)) => Ok(UpstreamIo::Tls(Box::new(stream))),
+            Ok(Err(err)) => Err(DialError::Tls {
+                addr,
+                reason: tls_error_text(&err),
+            }),
+            Err(_elapsed) => Err(DialError::Tls {
+                addr,
+                reason: "net/http: TLS handshake timeout".to_owned(),
+            }),
+        }
+    }
+
+    /// Connects to the target (or to `authority`, the request's).
     async fn dial(&self, authority: Option<&Authority>) -> Result<TcpStream, DialError> {
         let addr = match Self::addr_for(self.target, authority)? {
             DialTarget::Addr(addr) => addr,
@@ -193,88 +299,100 @@ enum DialTarget {
     Name(String),
 }
 
-impl tower::Service<Uri> for Dialer {
-    type Response = TokioIo<UpstreamConn>;
-    type Error = DialError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, DialError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), DialError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let dialer = *self;
-        Box::pin(async move {
-            Ok(TokioIo::new(UpstreamConn {
-                tcp: dialer.dial(uri.authority()).await.map_err(|e| match e {
-                    DialError::NoAddress(_) => DialError::NoAddress(uri.to_string()),
-                    e => e,
-                })?,
-                uses: ConnUses::default(),
-            }))
-        })
+/// A refused certificate reads as the verifier wrote it (rustls would print
+/// a custom verifier's error in debug form); anything else as rustls says.
+fn tls_error_text(err: &std::io::Error) -> String {
+    match err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) => {
+            other.0.to_string()
+        }
+        Some(tls) => format!("tls: {tls}"),
+        None => err.to_string(),
     }
 }
 
-// === impl ConnUses ===
+// === impl UpstreamError ===
 
-impl ConnUses {
-    /// Responses delivered on this connection so far.
-    pub fn count(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
-    }
-
-    /// Records one more response.
-    pub fn record(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+impl UpstreamError {
+    /// True when a reused connection failed before any response: the
+    /// upstream closed it (EOF) or reset it as the request went out. Go's
+    /// transport sends a replayable request again in exactly that case.
+    pub fn closed_before_answering(&self) -> bool {
+        let Self::Exchange { source, reused } = self else {
+            return false;
+        };
+        let reset = kdp_core::cause_ref::<std::io::Error>(source).is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            )
+        });
+        *reused && (source.is_incomplete_message() || source.is_canceled() || reset)
     }
 }
 
-// === impl UpstreamConn ===
+// === impl UpstreamIo ===
 
-impl Connection for UpstreamConn {
-    fn connected(&self) -> Connected {
-        self.tcp.connected().extra(self.uses.clone())
-    }
-}
-
-impl AsyncRead for UpstreamConn {
+impl AsyncRead for UpstreamIo {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_read(cx, buf)
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        }
     }
 }
 
-impl AsyncWrite for UpstreamConn {
+impl AsyncWrite for UpstreamIo {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write(cx, buf)
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+        }
     }
 
     fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
+        match self {
+            Self::Plain(tcp) => tcp.is_write_vectored(),
+            Self::Tls(tls) => tls.is_write_vectored(),
+        }
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        }
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 
@@ -330,7 +448,6 @@ fn go_error_text(err: &std::io::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tower::ServiceExt;
 
     #[tokio::test]
     async fn refused_dial_reads_like_go() {
@@ -340,10 +457,7 @@ mod tests {
         let dialer = Dialer {
             target: Target::Fixed(addr),
         };
-        let err = dialer
-            .oneshot(Uri::from_static("http://example.com/"))
-            .await
-            .unwrap_err();
+        let err = dialer.dial(None).await.unwrap_err();
         assert_eq!(
             err.to_string(),
             format!("dial tcp {addr}: connect: connection refused")
@@ -357,8 +471,8 @@ mod tests {
         let dialer = Dialer {
             target: Target::FromUri,
         };
-        let uri: Uri = format!("http://{addr}/x").parse().unwrap();
-        let (conn, accepted) = tokio::join!(dialer.oneshot(uri), listener.accept());
+        let authority = Authority::try_from(addr.to_string()).unwrap();
+        let (conn, accepted) = tokio::join!(dialer.dial(Some(&authority)), listener.accept());
         assert!(conn.is_ok());
         assert!(accepted.is_ok());
     }

@@ -108,8 +108,7 @@ pub fn error_source(err: &(dyn std::error::Error + 'static)) -> ErrorSource {
         ErrorSource::Internal
     } else if cause_ref::<hyper::Error>(err)
         .is_some_and(|e| e.is_incomplete_message() || e.is_canceled())
-        && cause_ref::<hyper_util::client::legacy::Error>(err).is_none()
-        && cause_ref::<crate::pool::Http1Error>(err).is_none()
+        && cause_ref::<crate::pool::UpstreamError>(err).is_none()
     {
         ErrorSource::Downstream
     } else {

@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::uri::{Authority, PathAndQuery};
+use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, Uri, header};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -39,7 +39,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use super::{DialError, Dialer, IDLE_TIMEOUT, Target};
+use super::{Dest, Dialer, IDLE_TIMEOUT, UpstreamError};
 use crate::body::BoxBody;
 
 /// Most attempts at sending one request on pooled connections that turn out
@@ -60,13 +60,6 @@ struct Inner {
     reaper_started: AtomicBool,
 }
 
-/// Where a connection goes: the fixed address, or a request's authority.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum Dest {
-    Fixed,
-    Authority(Authority),
-}
-
 #[derive(Debug)]
 struct Idle {
     conn: Conn,
@@ -85,24 +78,6 @@ struct Conn {
 
 /// hyper's connection future (its upgradeable variant is unnameable).
 type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
-
-/// A failed upstream exchange.
-#[derive(Debug, thiserror::Error)]
-pub enum Http1Error {
-    /// No connection could be made.
-    #[error("cannot connect upstream")]
-    Dial(#[from] DialError),
-    /// The connection failed or the upstream answered garbage.
-    #[error("upstream connection failed")]
-    Exchange {
-        /// hyper's account.
-        #[source]
-        source: hyper::Error,
-        /// The connection had answered before (the upstream may have closed
-        /// it as an idle keep-alive connection while the request went out).
-        reused: bool,
-    },
-}
 
 /// A response body that returns its connection to the pool when it ends.
 #[derive(Debug)]
@@ -141,12 +116,12 @@ impl Http1Pool {
     /// closing) is sent again on another one.
     ///
     /// # Errors
-    /// [`Http1Error`]: dial failures and failed exchanges.
+    /// [`UpstreamError`]: dial failures and failed exchanges.
     pub async fn send(
         &self,
         mut req: Request<BoxBody>,
-    ) -> Result<Response<PooledBody>, Http1Error> {
-        let dest = self.dest_for(req.uri())?;
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        let dest = Dest::of(self.inner.dialer.target, &req)?;
         to_origin_form(&mut req);
         let mut attempts = 0;
         loop {
@@ -173,7 +148,7 @@ impl Http1Pool {
                         req = unsent;
                     }
                     _ => {
-                        return Err(Http1Error::Exchange {
+                        return Err(UpstreamError::Exchange {
                             source: err.into_error(),
                             reused,
                         });
@@ -186,17 +161,6 @@ impl Http1Pool {
     /// Idle connections to every destination (closing ones included).
     pub fn idle_count(&self) -> usize {
         self.inner.lock_idle().values().map(Vec::len).sum()
-    }
-
-    fn dest_for(&self, uri: &Uri) -> Result<Dest, DialError> {
-        match self.inner.dialer.target {
-            Target::Fixed(_) => Ok(Dest::Fixed),
-            Target::FromUri => uri
-                .authority()
-                .cloned()
-                .map(Dest::Authority)
-                .ok_or_else(|| DialError::NoAddress(uri.to_string())),
-        }
     }
 
     /// The most recently used ready connection to `dest`; closed ones met on
@@ -221,16 +185,12 @@ impl Http1Pool {
         None
     }
 
-    async fn connect(&self, dest: Dest) -> Result<Conn, Http1Error> {
-        let authority = match &dest {
-            Dest::Fixed => None,
-            Dest::Authority(authority) => Some(authority),
-        };
-        let tcp = self.inner.dialer.dial(authority).await?;
+    async fn connect(&self, dest: Dest) -> Result<Conn, UpstreamError> {
+        let io = self.inner.dialer.connect(&dest, b"http/1.1").await?;
         let (tx, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(tcp))
+            .handshake::<_, BoxBody>(TokioIo::new(io))
             .await
-            .map_err(|source| Http1Error::Exchange {
+            .map_err(|source| UpstreamError::Exchange {
                 source,
                 reused: false,
             })?;
@@ -418,28 +378,6 @@ fn conn_drive(driver: &mut Option<Driver>, cx: &mut Context<'_>) {
             tracing::debug!(%error, "upstream connection ended");
         }
         *driver = None;
-    }
-}
-
-// === impl Http1Error ===
-
-impl Http1Error {
-    /// True when a reused connection failed before any response: the
-    /// upstream closed it (EOF) or reset it as the request went out. Go's
-    /// transport sends a replayable request again in exactly that case.
-    pub fn closed_before_answering(&self) -> bool {
-        let Self::Exchange { source, reused } = self else {
-            return false;
-        };
-        let reset = kdp_core::cause_ref::<std::io::Error>(source).is_some_and(|io| {
-            matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-            )
-        });
-        *reused && (source.is_incomplete_message() || source.is_canceled() || reset)
     }
 }
 

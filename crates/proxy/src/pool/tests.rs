@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 
 use super::*;
 use crate::body;
+use crate::pool::Target;
 use futures_util::StreamExt as _;
 
 /// An upstream that counts the connections it accepts. `/close` answers
@@ -189,6 +190,6 @@ async fn refused_dial_is_a_dial_error() {
     let addr = listener.local_addr().unwrap();
     drop(listener);
     let err = pool_to(addr, 1).send(get("/")).await.unwrap_err();
-    assert!(matches!(err, Http1Error::Dial(_)), "{err:?}");
+    assert!(matches!(err, UpstreamError::Dial(_)), "{err:?}");
     assert!(!err.closed_before_answering());
 }

@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 
 use super::*;
 use crate::body;
+use crate::pool::{DialError, PoolConfig, Target, Upstream, UpstreamError, UpstreamTls};
 use crate::serve::{ServeConfig, serve_with};
 
 fn trace_init() {
@@ -576,4 +577,73 @@ async fn stalled_handshake_times_out() {
     let (tcp, _) = listener.accept().await.unwrap();
     let err = acceptor.accept(tcp).await.unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+}
+
+/// An upstream pool request to `server` over TLS with `client`.
+fn pool_request(server: &Server, client: &Arc<ClientConfig>) -> Request<body::BoxBody> {
+    let mut req = Request::get(format!("https://{}/", server.addr))
+        .body(body::empty())
+        .unwrap();
+    req.extensions_mut().insert(UpstreamTls::new(
+        client.clone(),
+        ServerName::try_from("a.example").unwrap(),
+    ));
+    req
+}
+
+fn from_uri_pool() -> Upstream {
+    Upstream::new(&PoolConfig {
+        target: Target::FromUri,
+        max_idle_per_host: 10,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_pools_speak_tls_with_their_own_alpn() {
+    let (ca, _leaf, server, _dir) = leaf_server(&TlsSettings::default()).await;
+    let client = Arc::new(ca.client(&[&rustls::version::TLS13], &[]));
+    let pool = from_uri_pool();
+    for _ in 0..2 {
+        let rsp = pool
+            .http1()
+            .send(pool_request(&server, &client))
+            .await
+            .unwrap();
+        let text = rsp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(text, "HTTP/1.1");
+    }
+    assert_eq!(pool.http1().idle_count(), 1, "the TLS connection is reused");
+    // Another configuration (another namespace's SAN check) never shares it.
+    let other = Arc::new(ca.client(&[&rustls::version::TLS13], &[]));
+    let rsp = pool
+        .http1()
+        .send(pool_request(&server, &other))
+        .await
+        .unwrap();
+    let _ = rsp.into_body().collect().await.unwrap();
+    assert_eq!(pool.http1().idle_count(), 2);
+    let rsp = pool
+        .http2()
+        .send(pool_request(&server, &client))
+        .await
+        .unwrap();
+    assert_eq!(read(rsp).await, (Version::HTTP_2, "HTTP/2.0".to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tls_refusal_is_a_dial_error() {
+    let (_ca, _leaf, server, _dir) = leaf_server(&TlsSettings::default()).await;
+    let stranger = Arc::new(TestCa::new().client(&[&rustls::version::TLS13], &[]));
+    let err = from_uri_pool()
+        .http1()
+        .send(pool_request(&server, &stranger))
+        .await
+        .unwrap_err();
+    let UpstreamError::Dial(DialError::Tls { reason, .. }) = &err else {
+        panic!("expected a TLS dial error, got {err:?}");
+    };
+    assert!(
+        reason.starts_with("tls: invalid peer certificate"),
+        "{reason}"
+    );
 }
