@@ -125,6 +125,8 @@ pub struct Config {
     pub cert_dir: PathBuf,
     /// TLS versions, suites and curves from `QUEUE_PROXY_TLS_*`.
     pub tls: TlsSettings,
+    /// Runtime worker threads (`KDP_WORKER_THREADS`).
+    pub worker_threads: usize,
 }
 
 /// Who this queue-proxy serves (logs, request log, `Stat.pod_name`).
@@ -255,6 +257,7 @@ impl Config {
             cert_dir: env::optional(e, ENV_KDP_CERT_DIR)?
                 .map_or_else(|| PathBuf::from(DEFAULT_CERT_DIR), PathBuf::from),
             tls: TlsSettings::from_env(e, "QUEUE_PROXY")?,
+            worker_threads: kdp_core::runtime::worker_threads(e)?,
         })
     }
 }

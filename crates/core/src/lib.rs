@@ -10,6 +10,7 @@ pub mod env;
 pub mod error;
 pub mod header;
 pub mod log;
+pub mod runtime;
 pub mod signal;
 
 pub use error::{Error, ErrorChain, cause_ref, is_caused_by};
