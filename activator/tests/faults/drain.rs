@@ -51,7 +51,7 @@ async fn sigterm_under_continuous_traffic_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let slow = {
         let url = format!("http://{}/slow", act.http1);
-        tokio::spawn(async move { get(&url, &REV).await.map(|g| g.status) })
+        tokio::spawn(async move { try_get(&url, &REV).await.map(|g| g.status) })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
     let sigterm = Instant::now();

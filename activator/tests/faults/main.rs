@@ -12,6 +12,9 @@
 
 mod config;
 mod drain;
+#[allow(dead_code, reason = "the harness serves both test binaries")]
+#[path = "../common/harness.rs"]
+mod harness;
 mod overload;
 mod soak;
 mod support;

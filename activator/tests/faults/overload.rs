@@ -84,10 +84,9 @@ async fn holds_thousands_within_budget_then_frees_them() {
     // Warm up the paths a held request takes, then measure.
     let warm = futures_util::future::join_all((0..50).map(|_| {
         let url = format!("http://{}/", act.http1);
-        tokio::time::timeout(
-            Duration::from_millis(300),
-            async move { get(&url, &REV).await },
-        )
+        tokio::time::timeout(Duration::from_millis(300), async move {
+            try_get(&url, &REV).await
+        })
     }))
     .await;
     assert!(
@@ -115,7 +114,7 @@ async fn holds_thousands_within_budget_then_frees_them() {
     // Past the bound: a fast 503 with Retry-After, on either port.
     for addr in [act.http1, act.h2c] {
         let t = Instant::now();
-        let got = get(&format!("http://{addr}/"), &REV).await.unwrap();
+        let got = try_get(&format!("http://{addr}/"), &REV).await.unwrap();
         assert_eq!(
             (got.status, got.body.as_str()),
             (503, "pending request queue full\n")
@@ -202,14 +201,10 @@ fn hold_clients(addr: std::net::SocketAddr, count: usize) -> tokio::process::Chi
 }
 
 /// [`eventually`] with a 30 s bound, for the bulk phases.
-async fn eventually_long<F, Fut>(what: &str, mut f: F)
+async fn eventually_long<F, Fut>(what: &str, f: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f().await {
-        assert!(Instant::now() < deadline, "{what}: not within 30s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    kdp_test_support::eventually(what, Duration::from_secs(30), f).await;
 }

@@ -163,9 +163,7 @@ async fn request_log_and_log_level_follow_their_config_maps() {
         json!({"logging.enable-request-log": "true",
                "logging.request-log-template": "first {{.Request.URL}} {{.Response.Code}}"}),
     ));
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let closed_port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let closed_port = kdp_test_support::raw::closed_port();
     api.apply(revision("hello-00001", 0, 300));
     api.apply(json!({
         "apiVersion": "v1", "kind": "Endpoints",

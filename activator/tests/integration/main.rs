@@ -7,151 +7,30 @@
     reason = "test code"
 )]
 
-use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::Request;
-use http_body_util::{BodyExt, Full};
-use kdp_activator::env::Config;
-use kdp_activator::{App, Listeners, cluster};
+use kdp_test_support::FakePod;
+use kdp_test_support::client::{Got, get};
 use kdp_test_support::upstream::served_by;
-use kdp_test_support::{FakeApiServer, FakeAutoscaler, FakePod};
-use serde_json::json;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 mod binary;
+#[allow(dead_code, reason = "the harness serves both test binaries")]
+#[path = "../common/harness.rs"]
+mod harness;
 mod startup;
 
-struct Harness {
-    addr: std::net::SocketAddr,
-    metrics: std::net::SocketAddr,
-    api: FakeApiServer,
-    autoscaler: FakeAutoscaler,
-    stop: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<()>,
-}
+use harness::{Activator, REV, private_endpoints, revision};
 
-async fn start(extra: &[(&str, &str)]) -> Harness {
-    let api = FakeApiServer::start().await;
-    let autoscaler = FakeAutoscaler::start().await;
-    let url = autoscaler.url();
-    let mut env: HashMap<String, String> = [
-        ("POD_NAME", "activator-abc"),
-        ("POD_IP", "127.0.0.1"),
-        ("SYSTEM_NAMESPACE", "knative-serving"),
-        ("KDP_DRAIN_TIMEOUT", "100ms"),
-        ("PROBE_FREQUENCY", "50ms"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    env.insert("KDP_AUTOSCALER_URL".into(), url);
-    for (k, v) in extra {
-        env.insert((*k).into(), (*v).into());
-    }
-    let config = Config::from_env(&env, None).unwrap();
-    let listeners = Listeners {
-        http1: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        h2c: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        metrics: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
-        https: None,
-        profiling: None,
-    };
-    let app = App::build(config, listeners, cluster::Observability::default());
-    let addr = app.http1_addr().unwrap();
-    let metrics = app.metrics_addr().unwrap();
-    let client =
-        kdp_k8s::kube::Client::try_from(kdp_k8s::kube::Config::new(api.url().parse().unwrap()))
-            .unwrap();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        cluster::start(client, app.cluster_targets()),
-    )
-    .await
-    .expect("caches sync")
-    .unwrap();
-    let (tx, rx) = oneshot::channel();
-    let done = tokio::spawn(app.run(async {
-        let _ = rx.await;
-    }));
-    Harness {
-        addr,
-        metrics,
-        api,
-        autoscaler,
-        stop: Some(tx),
-        done,
-    }
-}
-
-fn revision(name: &str, cc: i64, timeout: i64) -> serde_json::Value {
-    json!({
-        "apiVersion": "serving.knative.dev/v1",
-        "kind": "Revision",
-        "metadata": {"name": name, "namespace": "default",
-                     "labels": {"serving.knative.dev/service": "hello", "serving.knative.dev/configuration": "hello"}},
-        "spec": {"containerConcurrency": cc, "timeoutSeconds": timeout,
-                 "containers": [{"image": "x", "ports": [{"name": "http1", "containerPort": 8080}]}]}
-    })
-}
-
-fn private_endpoints(rev: &str, pods: &[&FakePod]) -> serde_json::Value {
-    let subsets: Vec<_> = pods
-        .iter()
-        .map(|p| {
-            json!({"addresses": [{"ip": p.addr().ip().to_string()}],
-                   "ports": [{"name": "http", "port": p.addr().port()}]})
-        })
-        .collect();
-    json!({
-        "apiVersion": "v1",
-        "kind": "Endpoints",
-        "metadata": {"name": format!("{rev}-private"), "namespace": "default",
-                     "labels": {"serving.knative.dev/revision": rev,
-                                "serving.knative.dev/revisionUID": "uid-1",
-                                "networking.internal.knative.dev/serviceType": "Private"}},
-        "subsets": subsets
-    })
-}
-
-struct Got {
-    status: u16,
-    headers: http::HeaderMap,
-    body: String,
-}
-
-async fn send(addr: std::net::SocketAddr, headers: &[(&str, &str)]) -> Got {
+/// `GET /path?x=1` on `addr`.
+async fn send(addr: SocketAddr, headers: &[(&str, &str)]) -> Got {
     send_to(addr, "/path?x=1", headers).await
 }
 
-async fn send_to(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> Got {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http();
-    let mut b = Request::get(format!("http://{addr}{path}"));
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    let rsp = client
-        .request(b.body(Full::new(Bytes::new())).unwrap())
-        .await
-        .unwrap();
-    let status = rsp.status().as_u16();
-    let headers = rsp.headers().clone();
-    let body = rsp.into_body().collect().await.unwrap().to_bytes();
-    Got {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+/// `GET path` on `addr`.
+async fn send_to(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Got {
+    get(&format!("http://{addr}{path}"), headers).await
 }
-
-const REV: [(&str, &str); 2] = [
-    ("knative-serving-namespace", "default"),
-    ("knative-serving-revision", "hello-00001"),
-];
 
 fn ip(last: u8) -> IpAddr {
     IpAddr::from([127, 0, 0, last])
@@ -159,14 +38,14 @@ fn ip(last: u8) -> IpAddr {
 
 #[tokio::test]
 async fn health_follows_the_autoscaler_connection() {
-    let h = start(&[]).await;
+    let h = Activator::start(&[]).await;
     h.autoscaler
         .wait_for_connections(1, Duration::from_secs(5))
         .await
         .unwrap();
     let mut ok = false;
     for _ in 0..100 {
-        if send(h.addr, &[("user-agent", "kube-probe/1.30")])
+        if send(h.http1, &[("user-agent", "kube-probe/1.30")])
             .await
             .status
             == 200
@@ -180,7 +59,7 @@ async fn health_follows_the_autoscaler_connection() {
     h.autoscaler.kill();
     let mut unhealthy = None;
     for _ in 0..200 {
-        let got = send(h.addr, &[("user-agent", "kube-probe/1.30")]).await;
+        let got = send(h.http1, &[("user-agent", "kube-probe/1.30")]).await;
         if got.status == 500 {
             unhealthy = Some(got.body);
             break;
@@ -200,9 +79,9 @@ async fn health_follows_the_autoscaler_connection() {
 
 #[tokio::test]
 async fn probes_are_answered_without_a_revision() {
-    let h = start(&[]).await;
+    let h = Activator::start(&[]).await;
     let got = send(
-        h.addr,
+        h.http1,
         &[
             ("k-network-probe", "activator"),
             ("user-agent", "Knative-Autoscaling-Probe"),
@@ -210,19 +89,19 @@ async fn probes_are_answered_without_a_revision() {
     )
     .await;
     assert_eq!((got.status, got.body.as_str()), (200, "activator"));
-    let got = send(h.addr, &[("k-network-probe", "queue")]).await;
+    let got = send(h.http1, &[("k-network-probe", "queue")]).await;
     assert_eq!(
         (got.status, got.body.as_str()),
         (400, "unexpected probe header value: \"queue\"\n")
     );
     let got = send(
-        h.addr,
+        h.http1,
         &[("k-network-probe", "probe"), ("k-network-hash", "h1")],
     )
     .await;
     assert_eq!(got.status, 200);
     assert_eq!(got.headers["k-network-hash"], "h1");
-    let got = send(h.addr, &[("k-network-probe", "probe")]).await;
+    let got = send(h.http1, &[("k-network-probe", "probe")]).await;
     assert_eq!(
         got.body,
         "a probe request must contain a non-empty \"K-Network-Hash\" header\n"
@@ -231,9 +110,9 @@ async fn probes_are_answered_without_a_revision() {
 
 #[tokio::test]
 async fn unknown_revision_is_404() {
-    let h = start(&[]).await;
+    let h = Activator::start(&[]).await;
     let got = send(
-        h.addr,
+        h.http1,
         &[
             ("knative-serving-namespace", "default"),
             ("knative-serving-revision", "fooname"),
@@ -249,7 +128,7 @@ async fn unknown_revision_is_404() {
 
 #[tokio::test]
 async fn scale_from_zero_holds_pokes_and_releases() {
-    let h = start(&[]).await;
+    let h = Activator::start(&[]).await;
     h.autoscaler
         .wait_for_connections(1, Duration::from_secs(5))
         .await
@@ -258,7 +137,7 @@ async fn scale_from_zero_holds_pokes_and_releases() {
     h.api.apply(private_endpoints("hello-00001", &[]));
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let addr = h.addr;
+    let addr = h.http1;
     let held: Vec<_> = (0..3)
         .map(|_| tokio::spawn(async move { send(addr, &REV).await }))
         .collect();
@@ -282,7 +161,7 @@ async fn scale_from_zero_holds_pokes_and_releases() {
     );
 
     let pod = FakePod::start("pod-a", ip(2)).unwrap();
-    h.api.apply(private_endpoints("hello-00001", &[&pod]));
+    h.api.apply(private_endpoints("hello-00001", &[pod.addr()]));
     for t in held {
         let got = tokio::time::timeout(Duration::from_secs(5), t)
             .await
@@ -309,7 +188,7 @@ fn served_by_name(got: &Got) -> Option<&str> {
 
 #[tokio::test]
 async fn cc1_spreads_over_distinct_pods() {
-    let h = start(&[]).await;
+    let h = Activator::start(&[]).await;
     let pods: Vec<FakePod> = (0..5)
         .map(|i| FakePod::start(format!("pod-{i}"), ip(10 + i)).unwrap())
         .collect();
@@ -319,7 +198,7 @@ async fn cc1_spreads_over_distinct_pods() {
     h.api.apply(revision("hello-00001", 1, 300));
     h.api.apply(private_endpoints(
         "hello-00001",
-        &pods.iter().collect::<Vec<_>>(),
+        &pods.iter().map(FakePod::addr).collect::<Vec<_>>(),
     ));
     // Wait until every pod has been probed healthy.
     for _ in 0..200 {
@@ -329,7 +208,7 @@ async fn cc1_spreads_over_distinct_pods() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let addr = h.addr;
+    let addr = h.http1;
     let tasks: Vec<_> = (0..5)
         .map(|_| tokio::spawn(async move { send(addr, &REV).await }))
         .collect();
@@ -349,15 +228,15 @@ async fn cc1_spreads_over_distinct_pods() {
 
 #[tokio::test]
 async fn queue_full_is_503_with_retry_after() {
-    let h = start(&[("KDP_MAX_QUEUED_PER_REVISION", "2")]).await;
+    let h = Activator::start(&[("KDP_MAX_QUEUED_PER_REVISION", "2")]).await;
     h.api.apply(revision("hello-00001", 0, 300));
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let addr = h.addr;
+    let addr = h.http1;
     let held: Vec<_> = (0..2)
         .map(|_| tokio::spawn(async move { send(addr, &REV).await }))
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let got = send(h.addr, &REV).await;
+    let got = send(h.http1, &REV).await;
     assert_eq!(
         (got.status, got.body.as_str()),
         (503, "pending request queue full\n")
@@ -369,17 +248,17 @@ async fn queue_full_is_503_with_retry_after() {
     // Clients that went away free their places at once.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let pod = FakePod::start("pod-a", ip(3)).unwrap();
-    h.api.apply(private_endpoints("hello-00001", &[&pod]));
-    let got = send(h.addr, &REV).await;
+    h.api.apply(private_endpoints("hello-00001", &[pod.addr()]));
+    let got = send(h.http1, &REV).await;
     assert_eq!(got.status, 200);
 }
 
 #[tokio::test]
 async fn held_past_the_revision_timeout_is_504() {
-    let h = start(&[]).await;
+    let h = Activator::start(&[]).await;
     h.api.apply(revision("hello-00001", 0, 1));
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let got = send(h.addr, &REV).await;
+    let got = send(h.http1, &REV).await;
     assert_eq!(
         (got.status, got.body.as_str()),
         (504, "activator request timeout")
@@ -388,16 +267,16 @@ async fn held_past_the_revision_timeout_is_504() {
 
 #[tokio::test]
 async fn ticks_report_concurrency_every_second() {
-    let h = start(&[]).await;
+    let h = Activator::start(&[]).await;
     h.autoscaler
         .wait_for_connections(1, Duration::from_secs(5))
         .await
         .unwrap();
     let pod = FakePod::start("pod-a", ip(4)).unwrap();
     h.api.apply(revision("hello-00001", 0, 300));
-    h.api.apply(private_endpoints("hello-00001", &[&pod]));
+    h.api.apply(private_endpoints("hello-00001", &[pod.addr()]));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    send(h.addr, &REV).await;
+    send(h.http1, &REV).await;
     let frames = h
         .autoscaler
         .wait_for_frames(2, Duration::from_secs(3))
@@ -412,19 +291,19 @@ async fn ticks_report_concurrency_every_second() {
 
 #[tokio::test]
 async fn drain_keeps_serving_then_stops() {
-    let mut h = start(&[]).await;
+    let mut h = Activator::start(&[]).await;
     let pod = FakePod::start("pod-a", ip(5)).unwrap();
     h.api.apply(revision("hello-00001", 0, 300));
-    h.api.apply(private_endpoints("hello-00001", &[&pod]));
+    h.api.apply(private_endpoints("hello-00001", &[pod.addr()]));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let _ = h.stop.take().unwrap().send(());
-    let probe = send(h.addr, &[("user-agent", "kube-probe/1.30")]).await;
+    h.terminate();
+    let probe = send(h.http1, &[("user-agent", "kube-probe/1.30")]).await;
     assert_eq!(
         (probe.status, probe.body.as_str()),
         (500, "received SIGTERM from kubelet\n")
     );
     assert_eq!(
-        send(h.addr, &REV).await.status,
+        send(h.http1, &REV).await.status,
         200,
         "traffic still served while draining"
     );
@@ -448,16 +327,16 @@ fn bad_env_exits_64() {
 
 #[tokio::test]
 async fn metrics_in_prometheus_text() {
-    let h = start(&[]).await;
+    let h = Activator::start(&[]).await;
     h.autoscaler
         .wait_for_connections(1, Duration::from_secs(5))
         .await
         .unwrap();
     let pod = FakePod::start("pod-a", ip(6)).unwrap();
     h.api.apply(revision("hello-00001", 0, 300));
-    h.api.apply(private_endpoints("hello-00001", &[&pod]));
+    h.api.apply(private_endpoints("hello-00001", &[pod.addr()]));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(send(h.addr, &REV).await.status, 200);
+    assert_eq!(send(h.http1, &REV).await.status, 200);
     let mut body = String::new();
     for _ in 0..300 {
         body = send_to(h.metrics, "/metrics", &[]).await.body;
@@ -480,15 +359,15 @@ async fn metrics_in_prometheus_text() {
 
 #[tokio::test]
 async fn held_bytes_budget_bounds_memory_across_revisions() {
-    let h = start(&[("KDP_HELD_BYTES_BUDGET", "5000")]).await;
+    let h = Activator::start(&[("KDP_HELD_BYTES_BUDGET", "5000")]).await;
     h.api.apply(revision("hello-00001", 0, 300));
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let addr = h.addr;
+    let addr = h.http1;
     let held: Vec<_> = (0..2)
         .map(|_| tokio::spawn(async move { send(addr, &REV).await }))
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let got = send(h.addr, &REV).await;
+    let got = send(h.http1, &REV).await;
     assert_eq!(
         (got.status, got.body.as_str()),
         (503, "pending request queue full\n")

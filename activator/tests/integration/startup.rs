@@ -3,8 +3,7 @@
 //! Secret, TLS on 8112, profiling on 8008, mesh addressing and the ClusterIP
 //! fallback, with pods on 127.0.0.x.
 
-use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +22,7 @@ use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
+use super::harness::{env, eventually, kube_client as client};
 use super::{REV, ip, private_endpoints, revision, send, send_to, served_by_name};
 
 const NS: &str = "knative-serving";
@@ -36,31 +36,15 @@ pub(crate) struct Running {
     _stop: oneshot::Sender<()>,
 }
 
-fn config(autoscaler: &FakeAutoscaler, extra: &[(&str, &str)]) -> Config {
-    let mut env: HashMap<String, String> = [
-        ("POD_NAME", "activator-abc"),
-        ("POD_IP", "127.0.0.1"),
-        ("SYSTEM_NAMESPACE", NS),
+fn config(autoscaler: &FakeAutoscaler) -> Config {
+    let ports = [
         ("KDP_BIND_ADDRESS", "127.0.0.1"),
         ("KDP_HTTP1_PORT", "0"),
         ("KDP_H2C_PORT", "0"),
         ("KDP_HTTPS_PORT", "0"),
         ("PROFILING_PORT", "0"),
-        ("KDP_DRAIN_TIMEOUT", "100ms"),
-        ("PROBE_FREQUENCY", "50ms"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    env.insert("KDP_AUTOSCALER_URL".into(), autoscaler.url());
-    for (k, v) in extra {
-        env.insert((*k).into(), (*v).into());
-    }
-    Config::from_env(&env, None).unwrap()
-}
-
-fn client(api: &FakeApiServer) -> kdp_k8s::kube::Client {
-    kdp_k8s::kube::Client::try_from(kdp_k8s::kube::Config::new(api.url().parse().unwrap())).unwrap()
+    ];
+    Config::from_env(&env(autoscaler, &ports), None).unwrap()
 }
 
 fn config_map(name: &str, data: &[(&str, &str)]) -> Value {
@@ -116,7 +100,7 @@ fn private_service(rev: &str, cluster_ip: SocketAddr) -> Value {
 async fn boot(api: &FakeApiServer, autoscaler: &FakeAutoscaler) -> Result<App, StartupError> {
     tokio::time::timeout(
         Duration::from_secs(20),
-        kdp_activator::start(config(autoscaler, &[]), client(api), None),
+        kdp_activator::start(config(autoscaler), client(api), None),
     )
     .await
     .expect("startup does not hang")
@@ -141,20 +125,6 @@ async fn run(api: FakeApiServer) -> Running {
         _autoscaler: autoscaler,
         _stop: stop,
     }
-}
-
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    for _ in 0..500 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{what}: not within 10s");
 }
 
 #[tokio::test]
@@ -227,7 +197,7 @@ async fn mesh_pod_addressability_sends_the_private_host() {
     let r = run(api).await;
     let pod = FakePod::start("pod-a", ip(40)).unwrap();
     r.api.apply(revision("hello-00001", 0, 300));
-    r.api.apply(private_endpoints("hello-00001", &[&pod]));
+    r.api.apply(private_endpoints("hello-00001", &[pod.addr()]));
     let got = tokio::time::timeout(Duration::from_secs(10), send(r.http1, &REV))
         .await
         .unwrap();
@@ -251,7 +221,7 @@ async fn pods_that_look_meshed_fall_back_to_the_cluster_ip() {
     r.api
         .apply(private_service("hello-00001", cluster_ip.addr()));
     r.api.apply(revision("hello-00001", 0, 300));
-    r.api.apply(private_endpoints("hello-00001", &[&pod]));
+    r.api.apply(private_endpoints("hello-00001", &[pod.addr()]));
     let got = tokio::time::timeout(Duration::from_secs(10), send(r.http1, &REV))
         .await
         .unwrap();
@@ -275,7 +245,7 @@ async fn mesh_mode_enabled_always_uses_the_cluster_ip() {
     r.api
         .apply(private_service("hello-00001", cluster_ip.addr()));
     r.api.apply(revision("hello-00001", 0, 300));
-    r.api.apply(private_endpoints("hello-00001", &[&pod]));
+    r.api.apply(private_endpoints("hello-00001", &[pod.addr()]));
     let got = tokio::time::timeout(Duration::from_secs(10), send(r.http1, &REV))
         .await
         .unwrap();
@@ -294,7 +264,7 @@ async fn mesh_mode_disabled_never_falls_back() {
     r.api
         .apply(private_service("hello-00001", cluster_ip.addr()));
     r.api.apply(revision("hello-00001", 0, 300));
-    r.api.apply(private_endpoints("hello-00001", &[&pod]));
+    r.api.apply(private_endpoints("hello-00001", &[pod.addr()]));
     // The ready pod is trusted without a probe.
     let got = tokio::time::timeout(Duration::from_secs(10), send(r.http1, &REV))
         .await

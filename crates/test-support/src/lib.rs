@@ -14,6 +14,10 @@
 //! - [`upstream`]: HTTP/1 + h2c test servers on any loopback address, and a
 //!   fake queue-proxy pod that answers activator probes.
 //! - [`tls`]: a throwaway CA and the leaf certificates it issues.
+//! - [`client`]: HTTP/1 and h2c clients and a read-to-the-end response, for
+//!   tests that drive a proxy from outside.
+//! - [`raw`]: raw TCP helpers for hand-made requests and half-closed sockets.
+//! - [`eventually`]: polls a condition the test cannot be told about.
 //! - [`trace_init`]: a tracing subscriber that writes through the test harness.
 //! - [`within`]: bounds a test step in time, so no test can hang.
 //!
@@ -31,13 +35,17 @@ use tokio::time::Instant;
 pub mod apiserver;
 pub mod autoscaler;
 mod body;
+pub mod client;
+pub mod raw;
 mod serve;
 pub mod tls;
 pub mod upstream;
+mod wait;
 
 pub use apiserver::{FakeApiServer, RecordedRequest};
 pub use autoscaler::{FakeAutoscaler, ReceivedFrame};
 pub use upstream::{FakePod, PodRequest, Upstream};
+pub use wait::eventually;
 
 /// A `wait_for_*` helper gave up.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -136,6 +144,27 @@ mod tests {
             within(Duration::from_secs(1), "ready", async { 7 }).await,
             7
         );
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "a false condition: not within 30ms")]
+    async fn eventually_panics_naming_the_condition() {
+        super::eventually("a false condition", Duration::from_millis(30), || async {
+            false
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn eventually_returns_once_the_condition_holds() {
+        let mut polls = 0;
+        super::eventually("the third poll", Duration::from_secs(1), || {
+            polls += 1;
+            let done = polls == 3;
+            async move { done }
+        })
+        .await;
+        assert_eq!(polls, 3);
     }
 
     #[test]

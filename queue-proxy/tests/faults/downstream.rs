@@ -151,7 +151,8 @@ async fn body_reader() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
             text(200, "read")
         }
     })
-    .await;
+    .await
+    .addr;
     (addr, aborted)
 }
 
@@ -214,6 +215,7 @@ async fn endless() -> std::net::SocketAddr {
         http::Response::new(StreamBody::new(stream).boxed())
     })
     .await
+    .addr
 }
 
 #[tokio::test]
@@ -318,24 +320,13 @@ async fn thousands_of_idle_connections_do_not_stop_new_requests() {
         .unwrap_or(10_000);
     let n = want.min(fd_limit().saturating_sub(1_000));
     let up = scripted(|_, _| Act::Ok).await;
-    let port = closed_port();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_queue-proxy"))
-        .env_clear()
-        .envs(env(up.addr.port()))
-        .env("QUEUE_SERVING_PORT", port.to_string())
-        .env("KDP_ADMIN_PORT", closed_port().to_string())
-        .env("KDP_METRICS_PORT", closed_port().to_string())
-        .env("CONTAINER_CONCURRENCY", "10")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    eventually("child listening", || async {
-        TcpStream::connect(addr).await.is_ok()
-    })
+    let mut qp = Binary::spawn(
+        up.addr.port(),
+        &[("CONTAINER_CONCURRENCY", "10")],
+        std::process::Stdio::null(),
+    )
     .await;
+    let addr = qp.main;
     let start = Instant::now();
     let opened = futures_util::future::join_all((0..64).map(|w| async move {
         let mut conns = Vec::new();
@@ -377,7 +368,7 @@ async fn thousands_of_idle_connections_do_not_stop_new_requests() {
     }
     eprintln!("held {held} idle connections (opened in {open_took:?}); new requests served");
     drop(opened);
-    child.kill().await.unwrap();
+    qp.child.kill().await.unwrap();
 }
 
 /// The soft `RLIMIT_NOFILE`, read from /proc (no unsafe `getrlimit` needed).

@@ -17,7 +17,8 @@ async fn sigterm_under_continuous_traffic_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         text(200, "ok")
     })
-    .await;
+    .await
+    .addr;
     let quiet = Duration::from_millis(300);
     let mut qp = Qp::start(
         addr.port(),
@@ -87,27 +88,15 @@ async fn binary_sigterm_under_traffic_exits_0_and_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(20)).await;
         text(200, "ok")
     })
+    .await
+    .addr;
+    let mut qp = Binary::spawn(
+        addr.port(),
+        &[("KDP_DRAIN_QUIET_PERIOD", "300ms")],
+        std::process::Stdio::null(),
+    )
     .await;
-    let port = closed_port();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_queue-proxy"))
-        .env_clear()
-        .envs(env(addr.port()))
-        .env("QUEUE_SERVING_PORT", port.to_string())
-        .env("KDP_ADMIN_PORT", closed_port().to_string())
-        .env("KDP_METRICS_PORT", closed_port().to_string())
-        .env("KDP_DRAIN_QUIET_PERIOD", "300ms")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}/");
-    eventually("child listening", || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-    })
-    .await;
+    let url = qp.url("/");
     let stop = Arc::new(AtomicBool::new(false));
     let c = client();
     let loops: Vec<_> = (0..3)
@@ -126,13 +115,7 @@ async fn binary_sigterm_under_traffic_exits_0_and_loses_nothing() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let pid = child.id().unwrap().to_string();
-    let killed = tokio::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
+    qp.sigterm().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Release);
     let mut total = 0;
@@ -141,7 +124,7 @@ async fn binary_sigterm_under_traffic_exits_0_and_loses_nothing() {
         assert!(failures.is_empty(), "{failures:?}");
         total += ok;
     }
-    let status = tokio::time::timeout(Duration::from_secs(3), child.wait())
+    let status = tokio::time::timeout(Duration::from_secs(3), qp.child.wait())
         .await
         .expect("exits soon after the quiet period")
         .unwrap();

@@ -13,6 +13,9 @@
 mod config;
 mod downstream;
 mod drain;
+#[allow(dead_code, reason = "the harness serves both test binaries")]
+#[path = "../common/harness.rs"]
+mod harness;
 mod overload;
 mod security;
 mod support;

@@ -19,7 +19,8 @@ async fn ten_times_the_queue_depth_is_a_fast_503_then_recovers() {
             text(200, "done")
         }
     })
-    .await;
+    .await
+    .addr;
     // CC=2: 2 executing + 20 queued are admitted; offer 10 × 20 = 200.
     let qp = Qp::start(addr.port(), &[("CONTAINER_CONCURRENCY", "2")]).await;
     let offered = 200;

@@ -49,7 +49,8 @@ async fn holding() -> (
             text(200, "app")
         }
     })
-    .await;
+    .await
+    .addr;
     (addr, tx, reached)
 }
 

@@ -100,7 +100,8 @@ async fn h2_reset_mid_response_resets_the_stream_only() {
         let body = http_body_util::StreamBody::new(frames);
         http::Response::new(BodyExt::boxed(body))
     })
-    .await;
+    .await
+    .addr;
     let qp = Qp::start(addr.port(), &[("CONTAINER_CONCURRENCY", "1")]).await;
     let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)

@@ -7,6 +7,8 @@
     reason = "test code"
 )]
 
+#[allow(dead_code, reason = "the harness serves both test binaries")]
+#[path = "../common/harness.rs"]
 mod support;
 
 use std::time::Duration;
@@ -126,11 +128,7 @@ async fn kubelet_probe_answers_queue_without_reaching_the_app() {
 
 #[tokio::test]
 async fn readiness_follows_the_user_container() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = closed_port();
     let probe = format!(
         r#"{{"tcpSocket":{{"port":{closed},"host":"127.0.0.1"}},"successThreshold":1,"periodSeconds":1,"timeoutSeconds":1}}"#
     );
@@ -189,11 +187,7 @@ async fn network_probe_echoes_hash() {
 
 #[tokio::test]
 async fn refused_upstream_is_502_with_go_text() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = closed_port();
     let qp = Qp::start(closed, &[]).await;
     let got = get(&qp.url("/"), &[]).await;
     assert_eq!(got.status, 502);
@@ -227,7 +221,7 @@ async fn breaker_queues_then_rejects_past_ten_times_cc() {
         .collect();
     // One executes, ten wait in the breaker.
     let seen = up.seen.clone();
-    eventually(|| {
+    eventually("one request at the app", || {
         let n = seen.lock().unwrap().len();
         async move { n == 1 }
     })
@@ -266,7 +260,7 @@ async fn kubelet_probe_header_bypasses_the_breaker() {
         })
         .collect();
     let seen = up.seen.clone();
-    eventually(|| {
+    eventually("three requests at the app", || {
         let n = seen.lock().unwrap().len();
         async move { n == 3 }
     })
@@ -605,41 +599,22 @@ async fn serves_tls_when_the_certificate_exists() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn binary_logs_requests_and_exits_0_on_sigterm() {
     let up = hello().await;
-    let (main, admin, metrics) = (free_port(), free_port(), free_port());
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_queue-proxy"))
-        .env_clear()
-        .envs(env(up.addr.port()))
-        .env("QUEUE_SERVING_PORT", main.to_string())
-        .env("KDP_ADMIN_PORT", admin.to_string())
-        .env("KDP_METRICS_PORT", metrics.to_string())
-        .env("KDP_DRAIN_QUIET_PERIOD", "100ms")
-        .env(
-            "OBSERVABILITY_CONFIG",
-            r#"{"enableRequestLog":true,"requestLogTemplate":"{{.Request.Method}} {{.Request.RequestURI}} {{.Response.Code}} {{.Revision.Name}}"}"#,
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{main}");
-    eventually(|| async {
-        tokio::net::TcpStream::connect(("127.0.0.1", main))
-            .await
-            .is_ok()
-    })
+    let mut qp = Binary::spawn(
+        up.addr.port(),
+        &[
+            ("KDP_DRAIN_QUIET_PERIOD", "100ms"),
+            (
+                "OBSERVABILITY_CONFIG",
+                r#"{"enableRequestLog":true,"requestLogTemplate":"{{.Request.Method}} {{.Request.RequestURI}} {{.Response.Code}} {{.Revision.Name}}"}"#,
+            ),
+        ],
+        std::process::Stdio::piped(),
+    )
     .await;
+    let url = qp.url("");
     assert_eq!(get(&format!("{url}/abc?x=1"), &[]).await.status, 200);
     let probe = get(
         &url,
@@ -650,21 +625,14 @@ async fn binary_logs_requests_and_exits_0_on_sigterm() {
     )
     .await;
     assert_eq!(probe.status, 200);
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+    qp.sigterm().await;
+    let status = tokio::time::timeout(Duration::from_secs(10), qp.child.wait())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(status.code(), Some(0));
     let mut out = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut child.stdout.take().unwrap(), &mut out)
+    tokio::io::AsyncReadExt::read_to_string(&mut qp.child.stdout.take().unwrap(), &mut out)
         .await
         .unwrap();
     assert_eq!(
