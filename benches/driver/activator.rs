@@ -21,6 +21,8 @@ use crate::procs::{Managed, free_port};
 
 /// Namespace of every benchmark revision.
 pub(crate) const NAMESPACE: &str = "default";
+/// The activator's `SYSTEM_NAMESPACE`, where its ConfigMaps live.
+const SYSTEM_NAMESPACE: &str = "knative-serving";
 /// The address pods (queue-proxies behind the activator) listen on.
 pub(crate) const POD_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 
@@ -40,6 +42,14 @@ impl FakeCluster {
         let autoscaler = FakeAutoscaler::start().await;
         let kubeconfig = dir.join(format!("{name}.kubeconfig"));
         std::fs::write(&kubeconfig, kubeconfig_yaml(&api.url()))?;
+        // The activator exits without config-network, as Knative's does;
+        // empty, it means Knative's defaults.
+        api.apply(json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "config-network", "namespace": SYSTEM_NAMESPACE},
+            "data": {}
+        }));
         Ok(Self {
             api,
             autoscaler,
@@ -67,14 +77,27 @@ impl FakeCluster {
         self.api.apply(private_endpoints(name, pods));
     }
 
+    /// Turns on the activator's Prometheus metrics (`config-observability`'s
+    /// `metrics-protocol: prometheus`, read once at startup), on the port of
+    /// `METRICS_PROMETHEUS_PORT`.
+    pub(crate) fn prometheus_metrics(&self) {
+        self.api.apply(json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "config-observability", "namespace": SYSTEM_NAMESPACE},
+            "data": {"metrics-protocol": "prometheus"}
+        }));
+    }
+
     /// Spawns the activator binary against this cluster, listening on
-    /// `127.0.0.1:port`.
+    /// `127.0.0.1:port`; `env` is set last (it overrides the defaults here).
     pub(crate) fn spawn_activator(
         &self,
         bin: &Path,
         port: u16,
         dir: &Path,
         name: &str,
+        env: &[(&str, String)],
     ) -> anyhow::Result<Managed> {
         let p = |port: u16| port.to_string();
         let mut cmd = Command::new(bin);
@@ -82,17 +105,20 @@ impl FakeCluster {
             .env("KUBECONFIG", &self.kubeconfig)
             .env("POD_NAME", "activator-bench")
             .env("POD_IP", "127.0.0.1")
-            .env("SYSTEM_NAMESPACE", "knative-serving")
+            .env("SYSTEM_NAMESPACE", SYSTEM_NAMESPACE)
             .env("KDP_AUTOSCALER_URL", self.autoscaler.url())
             .env("KDP_BIND_ADDRESS", "127.0.0.1")
             .env("KDP_HTTP1_PORT", p(port))
             .env("KDP_H2C_PORT", p(free_port()?))
             .env("METRICS_PROMETHEUS_PORT", p(free_port()?))
+            // Not 8008: `0` picks a free port.
+            .env("PROFILING_PORT", "0")
             .env("KDP_DRAIN_TIMEOUT", "0s");
         // For debugging a run: `RUST_LOG=debug kdp-bench ...` reaches the activator.
         if let Some(filter) = std::env::var_os("RUST_LOG") {
             cmd.env("RUST_LOG", filter);
         }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         Managed::spawn(name, cmd, &dir.join(format!("{name}.log")))
     }
 }

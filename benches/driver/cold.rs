@@ -124,7 +124,7 @@ pub(crate) async fn activator_forward(
     let (user_addr, mut arrivals, user) = recording_upstream().await?;
     let port = free_port()?;
     let addr = loopback(port);
-    let mut proc = cluster.spawn_activator(bins.activator, port, dir, "activator-cold")?;
+    let mut proc = cluster.spawn_activator(bins.activator, port, dir, "activator-cold", &[])?;
     let setup = wait_listening(addr).await;
     let mut out = Vec::new();
     if setup.is_ok() {
@@ -201,12 +201,12 @@ async fn activator_round(
     result
 }
 
-type Pending = tokio::task::JoinHandle<anyhow::Result<(u16, u64)>>;
+pub(crate) type Pending = tokio::task::JoinHandle<anyhow::Result<(u16, u64)>>;
 
 /// Sends `path` for revision `rev` until the activator holds it (no answer
 /// within 100–200 ms); earlier answers (404 before the activator has seen
 /// the revision, connection refused before it listens) are retried.
-async fn hold(addr: SocketAddr, rev: &str, path: &str) -> anyhow::Result<Pending> {
+pub(crate) async fn hold(addr: SocketAddr, rev: &str, path: &str) -> anyhow::Result<Pending> {
     let headers = activator::routing_headers(rev)?;
     let mut last = String::new();
     for _ in 0..50 {
@@ -232,7 +232,7 @@ async fn hold(addr: SocketAddr, rev: &str, path: &str) -> anyhow::Result<Pending
 
 /// A user container on `127.0.0.1:<port>` that reports each request's path
 /// and arrival time, and answers 200.
-async fn recording_upstream() -> anyhow::Result<(
+pub(crate) async fn recording_upstream() -> anyhow::Result<(
     SocketAddr,
     mpsc::UnboundedReceiver<(String, Instant)>,
     tokio::task::JoinHandle<()>,
@@ -299,7 +299,7 @@ pub(crate) async fn local_mode(
 
 /// Waits until `addr` (the router of `kdp run`, the activator) accepts
 /// connections.
-async fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
+pub(crate) async fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while tokio::net::TcpStream::connect(addr).await.is_err() {
         if Instant::now() > deadline {

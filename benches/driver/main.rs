@@ -15,11 +15,12 @@
 //! queue-proxy with containerConcurrency 0 and 10, the activator in front of
 //! a queue-proxy, nginx when installed), runs interleaved rounds of every workload
 //! against every target, measures each proxy's CPU and memory from `/proc`,
-//! then the cold starts, and writes `bench-results/kdp-bench-<time>.{json,md}`
-//! (and `latest.*`). The markdown goes to stdout, progress to stderr.
+//! then the cold starts and the activator's memory per held request, and
+//! writes `bench-results/kdp-bench-<time>.{json,md}` (and `latest.*`). The markdown goes to stdout, progress to stderr.
 //! `--targets direct,qp0,qp10,activator,nginx` runs only some targets (direct,
-//! the baseline, always runs); `--cold-starts qp,activator,local` only some
-//! cold starts.
+//! the baseline, always runs); `--cold-starts qp,activator,local,held` only
+//! some of the scale-from-zero figures (`held`: the activator's memory per
+//! held request and its queue bound).
 //! `load` is the bare load generator against any loopback address; without
 //! `--rate` it runs closed loop. Binaries default to the siblings of this
 //! executable (`target/release/`). See docs/benchmarks.md.
@@ -32,6 +33,7 @@
 
 mod activator;
 mod cold;
+mod held;
 mod load;
 mod procs;
 mod report;
@@ -96,7 +98,7 @@ fn usage() -> &'static str {
   kdp-bench [--quick] [--rounds N] [--queue-proxy PATH] [--kdp PATH] [--activator PATH]
             [--nginx PATH | --no-nginx] [--manifest PATH] [--out DIR]
             [--targets direct,qp0,qp10,activator,nginx]
-            [--cold-starts qp,activator,local | --no-cold-start]
+            [--cold-starts qp,activator,local,held | --no-cold-start]
   kdp-bench load ADDR [--path P] [--host H] [--rate RPS] [--connections N]
             [--duration SECS] [--count N]
   kdp-bench upstream --port PORT"
@@ -195,7 +197,7 @@ fn parse_suite(args: &[String]) -> anyhow::Result<suite::Options> {
                 opts.targets = Some(list(value(&mut it, arg)?, arg, &all)?);
             }
             "--cold-starts" => {
-                let all = ["qp", "activator", "local"].map(str::to_owned);
+                let all = ["qp", "activator", "local", "held"].map(str::to_owned);
                 opts.cold_starts = Some(list(value(&mut it, arg)?, arg, &all)?);
             }
             other => bail!("unknown argument {other:?}"),

@@ -78,17 +78,19 @@ impl Managed {
     }
 
     /// SIGTERM (through `kill(1)`, as `unsafe` is forbidden), then SIGKILL
-    /// after `grace`.
-    pub(crate) async fn terminate(mut self, grace: Duration) {
+    /// after `grace`. Returns how it exited when it did within `grace`
+    /// (`exit status: 0`), `None` when it had to be killed.
+    pub(crate) async fn terminate(mut self, grace: Duration) -> Option<String> {
         let _ = Command::new("kill")
             .args(["-TERM", &self.pid.to_string()])
             .status()
             .await;
-        if tokio::time::timeout(grace, self.child.wait())
-            .await
-            .is_err()
-        {
-            self.kill().await;
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(status) => Some(status.map_or_else(|e| e.to_string(), |s| s.to_string())),
+            Err(_) => {
+                self.kill().await;
+                None
+            }
         }
     }
 

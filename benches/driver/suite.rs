@@ -13,7 +13,7 @@ use crate::load::{self, LoadSpec, Mode};
 use crate::procs::{self, Managed, Usage, free_port};
 use crate::stats::{Agg, RunStats};
 use crate::targets::{Binaries, HOST, Kind, Target, describe_failure, loopback, wait_ready};
-use crate::{cold, report};
+use crate::{cold, held, report};
 
 /// Command-line options of a suite run.
 #[derive(Clone, Debug)]
@@ -26,8 +26,9 @@ pub(crate) struct Options {
     pub(crate) cold: bool,
     /// `--targets`: the [`Kind::id`]s to run (direct always runs); all when `None`.
     pub(crate) targets: Option<Vec<String>>,
-    /// `--cold-starts`: which cold starts to measure (`qp`, `activator`,
-    /// `local`); all when `None`.
+    /// `--cold-starts`: which scale-from-zero figures to measure (the cold
+    /// starts `qp`, `activator`, `local`, and `held`, the activator's memory
+    /// per held request); all when `None`.
     pub(crate) cold_starts: Option<Vec<String>>,
     /// The command line, for the report.
     pub(crate) command: String,
@@ -117,6 +118,8 @@ pub(crate) struct Report {
     pub(crate) workloads: Vec<WorkloadReport>,
     pub(crate) cost: Vec<Cost>,
     pub(crate) cold_start: Vec<ColdStart>,
+    /// The activator's memory per held request and its queue bound.
+    pub(crate) held_requests: held::Held,
     pub(crate) design_targets: Vec<report::DesignTarget>,
     pub(crate) notes: Vec<String>,
     pub(crate) duration_s: f64,
@@ -366,6 +369,7 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<Report> {
     } else {
         Vec::new()
     };
+    let held_requests = held_requests(&opts, &dir).await;
 
     let names: Vec<String> = targets.iter().map(|t| t.kind.name()).collect();
     let workloads = workloads
@@ -385,6 +389,7 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<Report> {
         workloads,
         cost: costs,
         cold_start,
+        held_requests,
         design_targets: Vec::new(),
         notes,
         duration_s: began.elapsed().as_secs_f64(),
@@ -447,6 +452,34 @@ async fn start_upstream(dir: &Path) -> anyhow::Result<(Managed, SocketAddr)> {
     let addr = loopback(port);
     wait_ready(addr, &[], Duration::from_secs(10)).await?;
     Ok((proc, addr))
+}
+
+/// The activator's memory per held request and what it does past its
+/// queue bound (`held` of `--cold-starts`).
+async fn held_requests(opts: &Options, dir: &Path) -> held::Held {
+    let selected = opts.cold
+        && opts
+            .cold_starts
+            .as_ref()
+            .is_none_or(|ids| ids.iter().any(|i| i == "held"));
+    let missing = [&opts.bins.activator, &opts.bins.queue_proxy]
+        .into_iter()
+        .find(|p| !p.is_file());
+    if !selected {
+        return held::Held::skipped("not selected (--cold-starts)".to_owned());
+    }
+    if let Some(path) = missing {
+        return held::Held::skipped(format!("{} not found", path.display()));
+    }
+    if !crate::activator::pod_ip_usable() {
+        return held::Held::skipped(format!("cannot bind {}", crate::activator::POD_IP));
+    }
+    eprintln!("kdp-bench: activator memory per held request");
+    let bins = cold::ActivatorBins {
+        activator: &opts.bins.activator,
+        queue_proxy: &opts.bins.queue_proxy,
+    };
+    held::measure(bins, dir, held::Sizes::new(opts.quick)).await
 }
 
 async fn cold_starts(opts: &Options, dir: &Path, notes: &mut Vec<String>) -> Vec<ColdStart> {

@@ -204,7 +204,7 @@ async fn start_activator(
     cluster.revision(ACTIVATOR_REVISION, 0);
     cluster.endpoints(ACTIVATOR_REVISION, &[pod]);
     let port = free_port()?;
-    let activator = cluster.spawn_activator(&bins.activator, port, dir, "activator")?;
+    let activator = cluster.spawn_activator(&bins.activator, port, dir, "activator", &[])?;
     Ok(Target {
         kind: Kind::Activator,
         addr: loopback(port),
