@@ -26,7 +26,7 @@ use kdp_core::{Error, ErrorChain};
 use tokio::sync::Notify;
 
 use crate::body::{self, BoxBody};
-use crate::pool::{Http1Pool, Http2Pool, Target, Upstream};
+use crate::pool::{Target, Upstream};
 use crate::timeout::RequestDeadline;
 
 /// The downstream peer's address; [`serve`](crate::serve) puts it in every request's extensions.
@@ -147,11 +147,7 @@ impl Forward {
             .flatten();
         let req = Request::from_parts(parts, body::boxed(body));
 
-        let mut rsp = if inbound_h2 {
-            send_h2(self.upstream.http2(), req, replay).await?
-        } else {
-            send_h1(self.upstream.http1(), req, replay).await?
-        };
+        let mut rsp = send(&self.upstream, inbound_h2, req, replay).await?;
 
         if let (StatusCode::SWITCHING_PROTOCOLS, Some((want, downstream))) = (rsp.status(), upgrade)
         {
@@ -202,44 +198,20 @@ impl Forward {
     }
 }
 
-/// Sends `req` over HTTP/1.1, replaying it while it fails on a reused
-/// connection that the upstream closed before answering (Go's
+/// Sends `req` (over HTTP/2 when `h2`), replaying it while it fails on a
+/// reused connection that the upstream closed before answering (Go's
 /// `shouldRetryRequest`: replayable request, reused connection, nothing
-/// read). The pool itself only resends requests that were never written.
-async fn send_h1(
-    pool: &Http1Pool,
+/// read). The pools themselves only resend requests never written.
+async fn send(
+    upstream: &Upstream,
+    h2: bool,
     mut req: Request<BoxBody>,
     replay: Option<Replay>,
 ) -> Result<Response<BoxBody>, Error> {
     let mut replays = 0;
     loop {
-        match pool.send(req).await {
-            Ok(rsp) => return Ok(rsp.map(body::boxed)),
-            Err(err) => {
-                let Some(again) = replay
-                    .as_ref()
-                    .filter(|_| replays < MAX_REPLAYS && err.closed_before_answering())
-                else {
-                    return Err(err.into());
-                };
-                tracing::debug!(error = %ErrorChain(&err), "reused upstream connection closed; sending again");
-                replays += 1;
-                req = again.request();
-            }
-        }
-    }
-}
-
-/// [`send_h1`] for HTTP/2 (one multiplexed connection per destination).
-async fn send_h2(
-    pool: &Http2Pool,
-    mut req: Request<BoxBody>,
-    replay: Option<Replay>,
-) -> Result<Response<BoxBody>, Error> {
-    let mut replays = 0;
-    loop {
-        match pool.send(req).await {
-            Ok(rsp) => return Ok(rsp.map(body::boxed)),
+        match upstream.send(req, h2).await {
+            Ok(rsp) => return Ok(rsp),
             Err(err) => {
                 let Some(again) = replay
                     .as_ref()

@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use http::Request;
 use http::uri::Authority;
+
+use crate::body::BoxBody;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -160,6 +162,22 @@ impl Upstream {
         Self {
             http1: Http1Pool::new(dialer, config.max_idle_per_host),
             http2: Http2Pool::new(dialer),
+        }
+    }
+
+    /// Sends `req` over HTTP/2 when `h2`, else HTTP/1.1.
+    ///
+    /// # Errors
+    /// The pool's [`UpstreamError`].
+    pub async fn send(
+        &self,
+        req: Request<BoxBody>,
+        h2: bool,
+    ) -> Result<http::Response<BoxBody>, UpstreamError> {
+        if h2 {
+            Ok(self.http2.send(req).await?.map(crate::body::boxed))
+        } else {
+            Ok(self.http1.send(req).await?.map(crate::body::boxed))
         }
     }
 
