@@ -156,12 +156,15 @@ impl Activate {
     }
 }
 
-/// Fixed cost of a held request beyond its head bytes: the request future,
-/// the queue entry, and its HTTP/1 connection (hyper keeps an 8 KiB read and
-/// an 8 KiB write buffer per connection). `kdp-bench`'s held-request figure
-/// measured 21.3 KB of resident memory per held request in all, so the byte
-/// budget counts 20 KiB each plus the head, not an optimistic guess.
+/// Fixed cost of a held HTTP/1 request beyond its head bytes: the request
+/// future, the queue entry, and the connection it occupies (hyper keeps an
+/// 8 KiB read and an 8 KiB write buffer per connection). `kdp-bench`'s
+/// held-request figure: 21.3 KB of resident memory per held request.
 pub const HELD_REQUEST_OVERHEAD: usize = 20 << 10;
+
+/// The same for an HTTP/2 stream, which shares its connection: about 4.2 KB
+/// per held request in the overload fault test (20,000 streams over h2c).
+pub const HELD_STREAM_OVERHEAD: usize = 4 << 10;
 
 fn head_size<B>(req: &Request<B>) -> usize {
     let headers: usize = req
@@ -169,7 +172,12 @@ fn head_size<B>(req: &Request<B>) -> usize {
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 32)
         .sum();
-    HELD_REQUEST_OVERHEAD + req.uri().to_string().len() + headers
+    let overhead = if req.version() == http::Version::HTTP_2 {
+        HELD_STREAM_OVERHEAD
+    } else {
+        HELD_REQUEST_OVERHEAD
+    };
+    overhead + req.uri().to_string().len() + headers
 }
 
 // === impl HeldBudget ===
@@ -324,5 +332,10 @@ mod tests {
             .unwrap();
         assert_eq!(head_size(&small), HELD_REQUEST_OVERHEAD + 1);
         assert!(head_size(&big) > HELD_REQUEST_OVERHEAD + 1000);
+        let stream = Request::get("/")
+            .version(http::Version::HTTP_2)
+            .body(())
+            .unwrap();
+        assert_eq!(head_size(&stream), HELD_STREAM_OVERHEAD + 1);
     }
 }

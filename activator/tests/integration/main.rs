@@ -19,6 +19,7 @@ mod binary;
 #[path = "../common/harness.rs"]
 mod harness;
 mod startup;
+mod upstream_tls;
 
 use harness::{Activator, REV, private_endpoints, revision};
 
@@ -242,6 +243,10 @@ async fn queue_full_is_503_with_retry_after() {
         (503, "pending request queue full\n")
     );
     assert_eq!(got.headers["retry-after"], "1");
+    assert!(
+        held.iter().all(|t| !t.is_finished()),
+        "the first two requests are held, not refused"
+    );
     for t in held {
         t.abort();
     }
@@ -359,7 +364,8 @@ async fn metrics_in_prometheus_text() {
 
 #[tokio::test]
 async fn held_bytes_budget_bounds_memory_across_revisions() {
-    let h = Activator::start(&[("KDP_HELD_BYTES_BUDGET", "5000")]).await;
+    // Room for two held requests (20 KiB each plus their heads), not three.
+    let h = Activator::start(&[("KDP_HELD_BYTES_BUDGET", "50000")]).await;
     h.api.apply(revision("hello-00001", 0, 300));
     tokio::time::sleep(Duration::from_millis(100)).await;
     let addr = h.http1;
@@ -373,6 +379,10 @@ async fn held_bytes_budget_bounds_memory_across_revisions() {
         (503, "pending request queue full\n")
     );
     assert_eq!(got.headers["retry-after"], "1");
+    assert!(
+        held.iter().all(|t| !t.is_finished()),
+        "the first two requests are held, not refused"
+    );
     for t in held {
         t.abort();
     }

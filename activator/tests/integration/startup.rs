@@ -29,6 +29,7 @@ const NS: &str = "knative-serving";
 
 pub(crate) struct Running {
     pub(crate) http1: SocketAddr,
+    pub(crate) h2c: SocketAddr,
     pub(crate) https: Option<SocketAddr>,
     pub(crate) profiling: SocketAddr,
     pub(crate) api: FakeApiServer,
@@ -53,12 +54,12 @@ fn config_map(name: &str, data: &[(&str, &str)]) -> Value {
            "metadata": {"name": name, "namespace": NS}, "data": data})
 }
 
-fn network(data: &[(&str, &str)]) -> Value {
+pub(crate) fn network(data: &[(&str, &str)]) -> Value {
     config_map("config-network", data)
 }
 
 /// `routing-serving-certs` with `leaf` as tls.crt/tls.key and `ca` as ca.crt.
-fn secret(leaf: &Leaf, ca: Option<&TestCa>) -> Value {
+pub(crate) fn secret(leaf: &Leaf, ca: Option<&TestCa>) -> Value {
     let mut data = BTreeMap::from([
         (
             "tls.crt".to_owned(),
@@ -107,10 +108,11 @@ async fn boot(api: &FakeApiServer, autoscaler: &FakeAutoscaler) -> Result<App, S
 }
 
 /// Starts an activator against `api` (already holding config-network).
-async fn run(api: FakeApiServer) -> Running {
+pub(crate) async fn run(api: FakeApiServer) -> Running {
     let autoscaler = FakeAutoscaler::start().await;
     let app = boot(&api, &autoscaler).await.unwrap();
     let http1 = app.http1_addr().unwrap();
+    let h2c = app.h2c_addr().unwrap();
     let https = app.https_addr();
     let profiling = app.profiling_addr().unwrap();
     let (stop, rx) = oneshot::channel();
@@ -119,6 +121,7 @@ async fn run(api: FakeApiServer) -> Running {
     }));
     Running {
         http1,
+        h2c,
         https,
         profiling,
         api,
