@@ -19,14 +19,14 @@ use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Extensions, Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 use kdp_core::header::X_FORWARDED_FOR;
 use kdp_core::{Error, ErrorChain};
 use tokio::sync::Notify;
 
 use crate::body::{self, BoxBody};
-use crate::pool::{Target, Upstream};
+use crate::pool::{Target, Upstream, UpstreamTls};
 use crate::timeout::RequestDeadline;
 
 /// The downstream peer's address; [`serve`](crate::serve) puts it in every request's extensions.
@@ -70,7 +70,9 @@ struct Replay {
     uri: Uri,
     version: Version,
     headers: HeaderMap,
-    extensions: Extensions,
+    /// The only extension the pools read; copying all of them would cost a
+    /// map allocation on every GET for a replay that rarely happens.
+    tls: Option<UpstreamTls>,
 }
 
 /// Most replays of one request; each one consumed a dead pooled connection.
@@ -241,7 +243,7 @@ impl Replay {
             uri: parts.uri.clone(),
             version: parts.version,
             headers: parts.headers.clone(),
-            extensions: parts.extensions.clone(),
+            tls: parts.extensions.get::<UpstreamTls>().cloned(),
         })
     }
 
@@ -251,7 +253,9 @@ impl Replay {
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = self.version;
         *req.headers_mut() = self.headers.clone();
-        *req.extensions_mut() = self.extensions.clone();
+        if let Some(tls) = &self.tls {
+            req.extensions_mut().insert(tls.clone());
+        }
         req
     }
 }
