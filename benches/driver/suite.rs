@@ -53,8 +53,8 @@ const CLOSED_MAX_REQUESTS: u64 = 5_000_000;
 /// Idle keep-alive connections held open for the memory figure.
 pub(crate) const IDLE_CONNECTIONS: usize = 1000;
 
-/// The workloads; durations are chosen so that a full run (5 rounds × 5
-/// targets) stays under 5 minutes and a quick one (3 rounds) under 1 minute
+/// The workloads; durations are chosen so that a full run (4 rounds × 5
+/// targets) stays under 5 minutes and a quick one (2 rounds) under 1 minute
 /// on 2 cores, cold starts included.
 fn workloads(quick: bool) -> Vec<Workload> {
     let secs =
@@ -201,7 +201,7 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<Report> {
     let dir = std::env::temp_dir().join(format!("kdp-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let ticks = procs::clock_ticks() as f64;
-    let rounds = opts.rounds.unwrap_or(if opts.quick { 3 } else { 5 }).max(1);
+    let rounds = opts.rounds.unwrap_or(if opts.quick { 2 } else { 4 }).max(1);
     let workloads = workloads(opts.quick);
     let mut notes = Vec::new();
     let pause = Duration::from_millis(if opts.quick { 50 } else { 100 });
