@@ -177,7 +177,16 @@ fn head_size<B>(req: &Request<B>) -> usize {
     } else {
         HELD_REQUEST_OVERHEAD
     };
-    overhead + req.uri().to_string().len() + headers
+    overhead + uri_len(req.uri()) + headers
+}
+
+/// The length of `uri.to_string()`, without building the string: the parts
+/// `Uri`'s `Display` writes (`scheme://`, authority, path, `?query`).
+fn uri_len(uri: &Uri) -> usize {
+    uri.scheme_str().map_or(0, |s| s.len() + "://".len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path().len()
+        + uri.query().map_or(0, |q| "?".len() + q.len())
 }
 
 // === impl HeldBudget ===
@@ -337,5 +346,23 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(head_size(&stream), HELD_STREAM_OVERHEAD + 1);
+    }
+
+    #[test]
+    fn uri_len_is_the_length_of_the_uri_string() {
+        for uri in [
+            "/",
+            "*",
+            "/a-long-path",
+            "/p?q=1&r=two",
+            "/p?",
+            "http://10.0.0.1:8012",
+            "http://10.0.0.1:8012/",
+            "https://user@hello.default.example.com:8443/p/q?x=y",
+            "example.com:443",
+        ] {
+            let uri: Uri = uri.parse().unwrap();
+            assert_eq!(uri_len(&uri), uri.to_string().len(), "{uri}");
+        }
     }
 }

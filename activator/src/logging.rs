@@ -120,14 +120,7 @@ impl std::fmt::Debug for LevelHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-
-    fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use kdp_test_support::string_map as data;
 
     #[test]
     fn level_comes_from_loglevel_then_zap_config() {

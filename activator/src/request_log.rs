@@ -180,13 +180,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use kdp_test_support::string_map as data;
 
     #[test]
     fn follows_the_config_and_keeps_the_previous_setting_on_errors() {

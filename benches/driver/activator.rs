@@ -13,7 +13,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use http::{HeaderName, HeaderValue};
-use kdp_test_support::{FakeApiServer, FakeAutoscaler};
+use kdp_test_support::activator::SYSTEM_NAMESPACE;
+use kdp_test_support::{ActivatorEnv, ActivatorPorts, FakeApiServer, FakeAutoscaler};
 use serde_json::{Value, json};
 use tokio::process::Command;
 
@@ -21,8 +22,6 @@ use crate::procs::{Managed, free_port};
 
 /// Namespace of every benchmark revision.
 pub(crate) const NAMESPACE: &str = "default";
-/// The activator's `SYSTEM_NAMESPACE`, where its ConfigMaps live.
-const SYSTEM_NAMESPACE: &str = "knative-serving";
 /// The address pods (queue-proxies behind the activator) listen on.
 pub(crate) const POD_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 
@@ -99,21 +98,21 @@ impl FakeCluster {
         name: &str,
         env: &[(&str, String)],
     ) -> anyhow::Result<Managed> {
-        let p = |port: u16| port.to_string();
+        let vars = ActivatorEnv {
+            pod_name: "activator-bench".into(),
+            autoscaler_url: self.autoscaler.url(),
+            drain_timeout: "0s".into(),
+            ports: Some(ActivatorPorts {
+                http1: port,
+                h2c: free_port()?,
+                metrics: Some(free_port()?),
+            }),
+        }
+        .vars();
         let mut cmd = Command::new(bin);
         cmd.env_clear()
             .env("KUBECONFIG", &self.kubeconfig)
-            .env("POD_NAME", "activator-bench")
-            .env("POD_IP", "127.0.0.1")
-            .env("SYSTEM_NAMESPACE", SYSTEM_NAMESPACE)
-            .env("KDP_AUTOSCALER_URL", self.autoscaler.url())
-            .env("KDP_BIND_ADDRESS", "127.0.0.1")
-            .env("KDP_HTTP1_PORT", p(port))
-            .env("KDP_H2C_PORT", p(free_port()?))
-            .env("METRICS_PROMETHEUS_PORT", p(free_port()?))
-            // Not 8008: `0` picks a free port.
-            .env("PROFILING_PORT", "0")
-            .env("KDP_DRAIN_TIMEOUT", "0s");
+            .envs(vars);
         // For debugging a run: `RUST_LOG=debug kdp-bench ...` reaches the activator.
         if let Some(filter) = std::env::var_os("RUST_LOG") {
             cmd.env("RUST_LOG", filter);

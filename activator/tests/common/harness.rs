@@ -13,7 +13,7 @@ use kdp_activator::env::Config;
 use kdp_activator::throttle::Throttler;
 use kdp_activator::{App, Listeners, cluster};
 use kdp_test_support::client::try_get;
-use kdp_test_support::{FakeApiServer, FakeAutoscaler};
+use kdp_test_support::{ActivatorEnv, FakeApiServer, FakeAutoscaler};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -39,17 +39,16 @@ pub(crate) struct Activator {
 /// The activator's environment: the defaults, reporting to `autoscaler`,
 /// with `extra` on top.
 pub(crate) fn env(autoscaler: &FakeAutoscaler, extra: &[(&str, &str)]) -> HashMap<String, String> {
-    let mut env: HashMap<String, String> = [
-        ("POD_NAME", "activator-abc"),
-        ("POD_IP", "127.0.0.1"),
-        ("SYSTEM_NAMESPACE", "knative-serving"),
-        ("KDP_DRAIN_TIMEOUT", "100ms"),
-        ("PROBE_FREQUENCY", "50ms"),
-    ]
+    let mut env: HashMap<String, String> = ActivatorEnv {
+        pod_name: "activator-abc".into(),
+        autoscaler_url: autoscaler.url(),
+        drain_timeout: "100ms".into(),
+        ports: None,
+    }
+    .vars()
     .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
-    env.insert("KDP_AUTOSCALER_URL".into(), autoscaler.url());
+    env.insert("PROBE_FREQUENCY".into(), "50ms".into());
     for (k, v) in extra {
         env.insert((*k).into(), (*v).into());
     }

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kdp_test_support::{FakeApiServer, FakeAutoscaler};
+use kdp_test_support::{ActivatorEnv, ActivatorPorts, FakeApiServer, FakeAutoscaler};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -56,16 +56,20 @@ impl Process {
         let kubeconfig = Kubeconfig::new(api);
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_activator"))
             .env_clear()
-            .env("POD_NAME", "activator-abc")
-            .env("POD_IP", "127.0.0.1")
-            .env("SYSTEM_NAMESPACE", "knative-serving")
             .env("KUBECONFIG", &kubeconfig.0)
-            .env("KDP_AUTOSCALER_URL", autoscaler.url())
-            .env("KDP_BIND_ADDRESS", "127.0.0.1")
-            .env("KDP_HTTP1_PORT", "0")
-            .env("KDP_H2C_PORT", "0")
-            .env("PROFILING_PORT", "0")
-            .env("KDP_DRAIN_TIMEOUT", "0s")
+            .envs(
+                ActivatorEnv {
+                    pod_name: "activator-abc".into(),
+                    autoscaler_url: autoscaler.url(),
+                    drain_timeout: "0s".into(),
+                    ports: Some(ActivatorPorts {
+                        http1: 0,
+                        h2c: 0,
+                        metrics: None,
+                    }),
+                }
+                .vars(),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)

@@ -313,13 +313,7 @@ impl Defaults {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use kdp_test_support::string_map as data;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         data(pairs)

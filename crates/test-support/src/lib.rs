@@ -5,6 +5,8 @@
 //! real loopback sockets bound to port 0, so the code under test runs its
 //! production clients against them:
 //!
+//! - [`activator`]: the environment an activator under test starts with,
+//!   pointed at these fakes.
 //! - [`apiserver`]: a Kubernetes API server good enough for kube-rs clients,
 //!   watchers and reflectors (list, get, watch, bookmarks, 410 Gone,
 //!   `/version`), over an in-memory object store the test edits at will
@@ -20,6 +22,7 @@
 //! - [`eventually`]: polls a condition the test cannot be told about.
 //! - [`trace_init`]: a tracing subscriber that writes through the test harness.
 //! - [`within`]: bounds a test step in time, so no test can hang.
+//! - [`string_map`]: a ConfigMap's `data` (or an object's labels) from pairs.
 //!
 //! The fakes are plain tokio tasks on the test's runtime and use
 //! `tokio::time`, but they do real socket I/O: under `tokio::time::pause()`
@@ -27,11 +30,13 @@
 //! (watch `timeoutSeconds`, bookmark ticks) can fire early. Prefer real time
 //! with short intervals in tests that talk to them.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+pub mod activator;
 pub mod apiserver;
 pub mod autoscaler;
 mod body;
@@ -42,6 +47,7 @@ pub mod tls;
 pub mod upstream;
 mod wait;
 
+pub use activator::{ActivatorEnv, ActivatorPorts};
 pub use apiserver::{FakeApiServer, RecordedRequest};
 pub use autoscaler::{FakeAutoscaler, ReceivedFrame};
 pub use upstream::{FakePod, PodRequest, Upstream};
@@ -101,6 +107,16 @@ pub fn within<F: Future>(
             Err(_) => panic!("{caller}: timed out after {timeout:?} waiting for {what}"),
         }
     }
+}
+
+/// A string map from `(key, value)` pairs: a ConfigMap's `data`, or an
+/// object's labels, as the code under test receives them. A later pair
+/// replaces an earlier one with the same key.
+pub fn string_map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
 }
 
 /// Installs a `tracing` subscriber that writes through libtest's capture.

@@ -72,8 +72,6 @@ struct Conn {
     /// The connection's I/O, while no task of its own drives it.
     driver: Option<Driver>,
     dest: Dest,
-    /// Responses this connection has delivered.
-    uses: usize,
 }
 
 /// hyper's connection future (its upgradeable variant is unnameable).
@@ -137,10 +135,7 @@ impl Http1Pool {
             })
             .await;
             match result {
-                Ok(rsp) => {
-                    conn.uses += 1;
-                    return Ok(self.wrap(rsp, conn));
-                }
+                Ok(rsp) => return Ok(self.wrap(rsp, conn)),
                 Err(mut err) => match err.take_message() {
                     Some(unsent) if reused && attempts < MAX_UNSENT_RETRIES => {
                         tracing::trace!(error = %err.error(), "pooled connection closing; trying another");
@@ -199,7 +194,6 @@ impl Http1Pool {
             tx,
             driver: Some(Box::pin(conn.with_upgrades())),
             dest,
-            uses: 0,
         })
     }
 
@@ -280,11 +274,6 @@ impl Inner {
 // === impl PooledBody ===
 
 impl PooledBody {
-    /// Responses delivered on this body's connection, this one included.
-    pub fn connection_uses(&self) -> Option<usize> {
-        self.checkin.as_ref().map(|c| c.conn.uses)
-    }
-
     fn release(&mut self) {
         if let Some(Checkin { conn, pool }) = self.checkin.take()
             && let Some(pool) = pool.upgrade()
@@ -363,7 +352,6 @@ impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Conn")
             .field("dest", &self.dest)
-            .field("uses", &self.uses)
             .field("driven_inline", &self.driver.is_some())
             .finish()
     }
