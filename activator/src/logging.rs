@@ -6,9 +6,10 @@
 //! change of `loglevel.activator` takes effect without a restart, as in
 //! Knative. `RUST_LOG`, when set, wins and stays fixed.
 
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Registry, reload};
+use tracing_subscriber::{Registry, reload};
 
 /// The `config-logging` key of the activator's level.
 pub const KEY_LEVEL: &str = "loglevel.activator";
@@ -18,17 +19,21 @@ pub const KEY_ZAP_CONFIG: &str = "zap-logger-config";
 /// Changes the process log level.
 #[derive(Clone)]
 pub struct LevelHandle {
-    reload: reload::Handle<EnvFilter, Registry>,
+    reload: reload::Handle<Targets, Registry>,
     /// `RUST_LOG` is set: levels from the ConfigMap are ignored.
     fixed: bool,
 }
 
 /// Installs the global subscriber at `level`, unless one is installed already
-/// (then `None`). `RUST_LOG` overrides the level.
+/// (then `None`). `RUST_LOG` overrides the level (an unparsable one is
+/// logged and ignored).
 pub fn init(level: &str) -> Option<LevelHandle> {
-    let from_env = EnvFilter::try_from_default_env().ok();
+    let (from_env, bad_env) = match kdp_core::log::filter_from_env() {
+        Ok(filter) => (filter, None),
+        Err(complaint) => (None, Some(complaint)),
+    };
     let fixed = from_env.is_some();
-    let filter = from_env.unwrap_or_else(|| EnvFilter::new(tracing_level(level)));
+    let filter = from_env.unwrap_or_else(|| kdp_core::log::level_filter(tracing_level(level)));
     let (filter, reload) = reload::Layer::new(filter);
     let fmt = tracing_subscriber::fmt::layer()
         .json()
@@ -41,6 +46,9 @@ pub fn init(level: &str) -> Option<LevelHandle> {
         .with(fmt)
         .try_init()
         .ok()?;
+    if let Some(complaint) = bad_env {
+        tracing::warn!("{complaint}");
+    }
     Some(LevelHandle { reload, fixed })
 }
 
@@ -95,7 +103,7 @@ impl LevelHandle {
         }
         match level_from_config(data) {
             Ok(level) => {
-                if let Err(error) = self.reload.reload(EnvFilter::new(level)) {
+                if let Err(error) = self.reload.reload(kdp_core::log::level_filter(level)) {
                     tracing::warn!(%error, "cannot change the log level");
                 } else {
                     tracing::info!(level, "log level updated");
