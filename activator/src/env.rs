@@ -128,6 +128,9 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Requests held per revision.
     pub max_queued_per_revision: usize,
+    /// Runtime threads (`KDP_WORKER_THREADS`, default: the CPUs the
+    /// container may use, see [`kdp_core::runtime::available_cores`]).
+    pub worker_threads: usize,
     /// Prometheus metrics port.
     pub metrics_port: u16,
     /// Bytes all held requests may use together.
@@ -197,6 +200,10 @@ impl Config {
             max_queued_per_revision: count(
                 ENV_KDP_MAX_QUEUED_PER_REVISION,
                 DEFAULT_MAX_QUEUED_PER_REVISION,
+            )?,
+            worker_threads: kdp_core::runtime::worker_threads_or(
+                e,
+                kdp_core::runtime::available_cores(),
             )?,
             metrics_port: env::port_or(e, ENV_METRICS_PROMETHEUS_PORT, 9090)?,
             held_bytes_budget: count(ENV_KDP_HELD_BYTES_BUDGET, DEFAULT_HELD_BYTES_BUDGET)?,
@@ -283,6 +290,8 @@ mod tests {
         assert_eq!((cfg.https_port, cfg.profiling_port), (8112, 8008));
         assert_eq!(cfg.tls, kdp_proxy::tls::TlsSettings::default());
         assert_eq!(cfg.kubernetes_min_version.to_string(), "1.34.0");
+        // One runtime thread per CPU the container may use.
+        assert_eq!(cfg.worker_threads, kdp_core::runtime::available_cores());
     }
 
     #[test]
@@ -303,6 +312,7 @@ mod tests {
             (ENV_KUBERNETES_MIN_VERSION, "1.34"),
             (ENV_ACTIVATOR_TLS_MIN_VERSION, "1.1"),
             (ENV_ACTIVATOR_TLS_CIPHER_SUITES, "TLS_FOO"),
+            (kdp_core::runtime::ENV_KDP_WORKER_THREADS, "0"),
         ] {
             let mut e = base();
             e.insert(var, bad);

@@ -22,10 +22,7 @@ fn main() -> ExitCode {
     };
     let log_level = kdp_activator::logging::init("info");
     kdp_proxy::tls::install_default_provider();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match kdp_core::runtime::build(config.worker_threads) {
         Ok(rt) => rt,
         Err(err) => {
             eprint_line(&format!("cannot start the runtime: {err}"));

@@ -112,7 +112,11 @@ impl FakeCluster {
         let mut cmd = Command::new(bin);
         cmd.env_clear()
             .env("KUBECONFIG", &self.kubeconfig)
-            .envs(vars);
+            .envs(vars)
+            // What the activator gets in a cluster: Knative's Deployment
+            // limits it to one CPU (1000m), so its default runtime has one
+            // thread there; this machine has no such limit.
+            .env("KDP_WORKER_THREADS", "1");
         // For debugging a run: `RUST_LOG=debug kdp-bench ...` reaches the activator.
         if let Some(filter) = std::env::var_os("RUST_LOG") {
             cmd.env("RUST_LOG", filter);

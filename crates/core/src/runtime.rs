@@ -8,6 +8,10 @@
 //! 1.4 CPU s per 100k, two threads 41-46k at 1.7-1.9. So the default is one
 //! thread, and `KDP_WORKER_THREADS` buys throughput past what one core can
 //! proxy.
+//!
+//! The activator is a shared Deployment rather than a sidecar; it defaults to
+//! [`available_cores`], which honours the container's CPU limit (Knative's
+//! activator Deployment sets 1000m, so one thread there too).
 
 use crate::env::{EnvError, Strings};
 
@@ -25,9 +29,17 @@ const MAX_WORKERS: usize = 256;
 /// # Errors
 /// The variable is set to something other than an integer in 1..=256.
 pub fn worker_threads(env: &dyn Strings) -> Result<usize, EnvError> {
+    worker_threads_or(env, DEFAULT_WORKERS)
+}
+
+/// Worker threads from `KDP_WORKER_THREADS`, or `default`.
+///
+/// # Errors
+/// The variable is set to something other than an integer in 1..=256.
+pub fn worker_threads_or(env: &dyn Strings, default: usize) -> Result<usize, EnvError> {
     match env.get(ENV_KDP_WORKER_THREADS)? {
-        None => Ok(DEFAULT_WORKERS),
-        Some(v) if v.is_empty() => Ok(DEFAULT_WORKERS),
+        None => Ok(default),
+        Some(v) if v.is_empty() => Ok(default),
         Some(v) => match v.trim().parse::<usize>() {
             Ok(n) if (1..=MAX_WORKERS).contains(&n) => Ok(n),
             _ => Err(EnvError::invalid(
@@ -37,6 +49,12 @@ pub fn worker_threads(env: &dyn Strings) -> Result<usize, EnvError> {
             )),
         },
     }
+}
+
+/// The CPUs this process may use: the machine's, bounded by the scheduler
+/// affinity mask and the cgroup CPU quota (`cpu.max`), at least one.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 /// A runtime with `workers` threads: the calling thread alone for one, a
@@ -74,6 +92,9 @@ mod tests {
         let unset = HashMap::<String, String>::new();
         assert_eq!(worker_threads(&unset).unwrap(), DEFAULT_WORKERS);
         assert_eq!(worker_threads(&env("")).unwrap(), DEFAULT_WORKERS);
+        assert_eq!(worker_threads_or(&unset, 3).unwrap(), 3);
+        assert_eq!(worker_threads_or(&env("2"), 3).unwrap(), 2);
+        assert!(worker_threads_or(&env("0"), 3).is_err());
     }
 
     #[test]
