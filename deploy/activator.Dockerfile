@@ -14,18 +14,20 @@
 #   numeric non-root user, nothing written to disk, ports >= 1024.
 # No shell in the runtime image.
 #
-# glibc on distroless/cc rather than static musl: see queue-proxy.Dockerfile
-# (no musl target on the build machines; same variant applies, with
-# `-p kdp-activator` and the `activator` binary).
+# Static glibc on distroless/cc, as the queue-proxy (see queue-proxy.Dockerfile):
+# the autoscaler's service name is resolved through the NSS modules of the
+# image's glibc, the same version as the builder's.
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p kdp-activator \
+    host="$(rustc -vV | sed -n 's/^host: //p')" \
+ && RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --release --locked --target "$host" -p kdp-activator \
  && mkdir -p /out \
- && cp target/release/activator /out/activator
+ && cp "target/$host/release/activator" /out/activator
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/activator /usr/local/bin/activator

@@ -30,8 +30,10 @@ done
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 if [[ $load == 1 ]]; then
+    # The binaries as they ship (static queue-proxy and activator), then the driver.
     echo "bench.sh: building release binaries" >&2
-    cargo build --release -p kdp-queue-proxy -p kdp-activator -p kdp -p kdp-benches
+    scripts/build-release.sh >&2
+    cargo build --release --locked -p kdp-benches
 fi
 
 if [[ $micro == 1 ]]; then
@@ -51,13 +53,10 @@ if [[ $load == 1 ]]; then
         echo "bench.sh: nginx not found, the nginx baseline is skipped (apt-get install -y nginx)" >&2
     fi
     echo "bench.sh: load driver" >&2
-    release=target/release
-    target_dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
-        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-    [[ -n $target_dir ]] && release=$target_dir/release
+    read -r shipped release < <(scripts/build-release.sh --print-dirs)
     "$release/kdp-bench" "${quick[@]}" \
-        --queue-proxy "$release/queue-proxy" \
-        --activator "$release/activator" \
+        --queue-proxy "$shipped/queue-proxy" \
+        --activator "$shipped/activator" \
         --kdp "$release/kdp" \
         --manifest deploy/local/hello-world.yaml \
         --out bench-results \

@@ -789,19 +789,26 @@ impl Dockerfile {
             .any(|p| p == port.to_string())
     }
 
-    /// Multi-stage, `--locked` release build of `package`, distroless
-    /// runtime, numeric non-root user, exec-form entrypoint on the copied
-    /// binary.
+    /// Multi-stage, `--locked` release build of `package` with glibc linked
+    /// statically (as scripts/build-release.sh builds what CI checks),
+    /// distroless runtime with the builder's glibc, numeric non-root user,
+    /// exec-form entrypoint on the copied binary.
     fn check_runtime(&self, package: &str, binary: &str) {
         let path = &self.path;
         let build = self.build.join("\n");
         assert!(build.contains("FROM rust:1.95-bookworm"), "{path}");
         assert!(
-            build.contains(&format!("cargo build --release --locked -p {package}")),
+            build.contains(&format!(
+                "cargo build --release --locked --target \"$host\" -p {package}"
+            )),
             "{path}"
         );
         assert!(
-            build.contains(&format!("target/release/{binary} ")),
+            build.contains("RUSTFLAGS=\"-C target-feature=+crt-static\""),
+            "{path}: static glibc"
+        );
+        assert!(
+            build.contains(&format!("\"target/$host/release/{binary}\" ")),
             "{path}"
         );
         assert_eq!(
