@@ -13,6 +13,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use futures_util::future::Either;
 use http::{Request, Response, StatusCode, header};
 use kdp_core::Error;
 use kdp_core::drain::Drainer;
@@ -70,7 +71,9 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<BoxBody>, Error>> + Send>>;
+    /// Requests pass the inner future through unboxed; probe answers are
+    /// boxed (they are rare, and some wait for the readiness probe).
+    type Future = Either<S::Future, Answer>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner.poll_ready(cx)
@@ -95,13 +98,13 @@ where
                 return ready(http_error(StatusCode::BAD_REQUEST, &msg));
             }
             let prober = self.prober.clone();
-            return Box::pin(async move {
+            return Either::Right(Box::pin(async move {
                 Ok(if prober.probe().await {
                     raw(StatusCode::OK, PROBE_QUEUE)
                 } else {
                     raw(StatusCode::SERVICE_UNAVAILABLE, "")
                 })
-            });
+            }));
         }
         if kdp_proxy::probe::is_network_probe(headers) {
             if self.drainer.is_draining() {
@@ -110,8 +113,7 @@ where
             return ready(kdp_proxy::probe::network_probe_response(headers));
         }
         self.drainer.touch();
-        let fut = self.inner.call(req);
-        Box::pin(fut)
+        Either::Left(self.inner.call(req))
     }
 }
 
@@ -119,8 +121,9 @@ fn shutting_down() -> Response<BoxBody> {
     http_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
 }
 
-fn ready(
-    rsp: Response<BoxBody>,
-) -> Pin<Box<dyn Future<Output = Result<Response<BoxBody>, Error>> + Send>> {
-    Box::pin(std::future::ready(Ok(rsp)))
+/// A probe's answer, from this layer.
+pub type Answer = Pin<Box<dyn Future<Output = Result<Response<BoxBody>, Error>> + Send>>;
+
+fn ready<F>(rsp: Response<BoxBody>) -> Either<F, Answer> {
+    Either::Right(Box::pin(std::future::ready(Ok(rsp))))
 }

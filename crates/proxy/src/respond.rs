@@ -10,10 +10,11 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use http::{HeaderValue, Response, StatusCode, header};
 use kdp_core::{Error, ErrorChain, cause_ref};
+use pin_project_lite::pin_project;
 
 use crate::body::{self, BoxBody};
 use crate::breaker::QueueFull;
@@ -35,6 +36,17 @@ pub enum ErrorSource {
 pub struct Respond<S> {
     inner: S,
     retry_after: Option<HeaderValue>,
+}
+
+pin_project! {
+    /// Response future of [`Respond`]: the inner future, unboxed (this stage
+    /// runs on every request).
+    #[derive(Debug)]
+    pub struct RespondFuture<F> {
+        #[pin]
+        inner: F,
+        retry_after: Option<HeaderValue>,
+    }
 }
 
 /// Layer for [`Respond`].
@@ -75,11 +87,10 @@ impl<S> tower::Layer<S> for RespondLayer {
 impl<S, Req> tower::Service<Req> for Respond<S>
 where
     S: tower::Service<Req, Response = Response<BoxBody>, Error = Error>,
-    S::Future: Send + 'static,
 {
     type Response = Response<BoxBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<BoxBody>, Infallible>> + Send>>;
+    type Future = RespondFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // Stages below are always ready (they queue inside `call`); an error here
@@ -91,14 +102,25 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let fut = self.inner.call(req);
-        let retry_after = self.retry_after.clone();
-        Box::pin(async move {
-            Ok(match fut.await {
-                Ok(rsp) => rsp,
-                Err(err) => error_response(err.as_ref(), retry_after.as_ref()),
-            })
-        })
+        RespondFuture {
+            inner: self.inner.call(req),
+            retry_after: self.retry_after.clone(),
+        }
+    }
+}
+
+impl<F> Future for RespondFuture<F>
+where
+    F: Future<Output = Result<Response<BoxBody>, Error>>,
+{
+    type Output = Result<Response<BoxBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        Poll::Ready(Ok(match ready!(this.inner.poll(cx)) {
+            Ok(rsp) => rsp,
+            Err(err) => error_response(err.as_ref(), this.retry_after.as_ref()),
+        }))
     }
 }
 

@@ -16,6 +16,7 @@ use super::{LogEntry, RequestInfo, RequestLogger, ResponseInfo, RevisionInfo, tr
 use crate::body::BoxBody;
 use crate::forward::ClientAddr;
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::{Request, Response, Version, header};
 use http_body::{Body, Frame, SizeHint};
 use kdp_core::Error;
@@ -106,7 +107,12 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<BoxBody>, S::Error>> + Send>>;
+    /// Unlogged requests (the common case: logging off, or a probe) pass
+    /// the inner future through without boxing it again.
+    type Future = Either<
+        S::Future,
+        Pin<Box<dyn Future<Output = Result<Response<BoxBody>, S::Error>> + Send>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -118,12 +124,12 @@ where
             .clone()
             .filter(|s| s.logger.wants(kdp_core::header::is_probe(req.headers())))
         else {
-            return Box::pin(self.inner.call(req));
+            return Either::Left(self.inner.call(req));
         };
         let mut noted = note(&req);
         noted.revision = req.extensions().get::<Arc<RevisionInfo>>().cloned();
         let fut = self.inner.call(req);
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let rsp = fut.await?;
             let code = rsp.status().as_u16();
             Ok(rsp.map(|body| {
@@ -133,7 +139,7 @@ where
                     size: 0,
                 })
             }))
-        })
+        }))
     }
 }
 
