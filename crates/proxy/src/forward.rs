@@ -27,6 +27,7 @@ use tokio::sync::Notify;
 
 use crate::body::{self, BoxBody};
 use crate::pool::{Target, Upstream, UpstreamTls};
+use crate::serve::{DownstreamUpgrade, UpgradeReceiver, UpgradedIo};
 use crate::timeout::RequestDeadline;
 
 /// The downstream peer's address; [`serve`](crate::serve) puts it in every request's extensions.
@@ -61,6 +62,15 @@ pub struct UpgradeMismatch {
     pub want: String,
     /// The protocol the upstream switched to.
     pub got: String,
+}
+
+/// The client's side of an upgrade.
+enum Downstream {
+    /// hyper hands the connection over (HTTP/2 extended CONNECT, or a
+    /// server not built by [`serve`](crate::serve)).
+    Hyper(hyper::upgrade::OnUpgrade),
+    /// The HTTP/1 server loop hands the socket over (see [`DownstreamUpgrade`]).
+    Served(UpgradeReceiver),
 }
 
 /// What is needed to send a bodiless request again.
@@ -121,8 +131,7 @@ impl Forward {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<Error>,
     {
-        let upgrade =
-            upgrade_token(req.headers()).map(|token| (token, hyper::upgrade::on(&mut req)));
+        let upgrade = upgrade_token(req.headers()).map(|token| (token, Downstream::of(&mut req)));
         let deadline = req.extensions().get::<RequestDeadline>().copied();
         let inbound_h2 = req.version() == Version::HTTP_2;
         let (mut parts, body) = req.into_parts();
@@ -225,6 +234,30 @@ async fn send(
                 replays += 1;
                 req = again.request();
             }
+        }
+    }
+}
+
+// === impl Downstream ===
+
+impl Downstream {
+    fn of<B>(req: &mut Request<B>) -> Self {
+        match req
+            .extensions_mut()
+            .remove::<DownstreamUpgrade>()
+            .and_then(|u| u.take())
+        {
+            Some(served) => Self::Served(served),
+            None => Self::Hyper(hyper::upgrade::on(req)),
+        }
+    }
+
+    async fn into_io(self) -> Result<Box<dyn UpgradedIo>, Error> {
+        match self {
+            Self::Hyper(upgrade) => Ok(Box::new(TokioIo::new(upgrade.await?))),
+            Self::Served(served) => served
+                .await
+                .map_err(|_| "the client connection ended before the upgrade".into()),
         }
     }
 }
@@ -349,7 +382,7 @@ impl Tunnels {
 
     fn spawn(
         &self,
-        downstream: hyper::upgrade::OnUpgrade,
+        downstream: Downstream,
         upstream: hyper::upgrade::OnUpgrade,
         deadline: Option<RequestDeadline>,
     ) {
@@ -357,14 +390,14 @@ impl Tunnels {
         let guard = TunnelGuard(self.inner.clone());
         tokio::spawn(async move {
             let _guard = guard;
-            let (down, up) = match tokio::try_join!(downstream, upstream) {
+            let upstream = async { upstream.await.map_err(Error::from) };
+            let (mut down, up) = match tokio::try_join!(downstream.into_io(), upstream) {
                 Ok(pair) => pair,
                 Err(error) => {
                     tracing::debug!(%error, "upgrade failed");
                     return;
                 }
             };
-            let mut down = TokioIo::new(down);
             let mut up = TokioIo::new(up);
             let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
             match deadline {

@@ -137,6 +137,56 @@ async fn slow_headers_are_cut_by_the_header_read_timeout() {
     }
 }
 
+/// As in Go, the header read timeout of a later request on a keep-alive
+/// connection counts from that request's first byte: a connection idle for
+/// longer than the timeout still serves its next request, even one whose
+/// head arrives in pieces, while a head that stalls half-way is still cut.
+#[tokio::test]
+async fn idle_keep_alive_connections_outlive_the_header_read_timeout() {
+    let _shared = EXCLUSIVE.read().await;
+    let up = scripted(|_, _| Act::Ok).await;
+    let qp = Qp::start(up.addr.port(), &[("KDP_HEADER_READ_TIMEOUT", "500ms")]).await;
+    // A `200 ok` (two body bytes) on the same connection.
+    async fn ok_on(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+        let Some(head) = read_head(tcp, buf).await else {
+            return false;
+        };
+        while buf.len() < 2 {
+            let mut chunk = [0_u8; 64];
+            match tcp.read(&mut chunk).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..2);
+        head.starts_with("HTTP/1.1 200 ")
+    }
+    let mut buf = Vec::new();
+    let mut tcp = TcpStream::connect(qp.main).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(ok_on(&mut tcp, &mut buf).await);
+    // Idle for three header timeouts, then a head in two pieces.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tcp.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tcp.write_all(b"Host: x\r\n\r\n").await.unwrap();
+    assert!(ok_on(&mut tcp, &mut buf).await, "served after idling");
+    // Idle again, then half a head and nothing more: cut by the timeout.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tcp.write_all(b"GET / HTTP/1.1\r\nX-Slow: ").await.unwrap();
+    let start = Instant::now();
+    let (_, ended) = read_until_closed(&mut tcp, Duration::from_secs(4)).await;
+    assert!(ended, "a stalled head is closed");
+    assert!(
+        start.elapsed() < Duration::from_millis(2500),
+        "cut after {:?}",
+        start.elapsed()
+    );
+    assert_eq!(up.requests.load(Ordering::Relaxed), 2);
+}
+
 /// An upstream that reads the whole request body before answering, and
 /// counts the bodies that ended in an error.
 async fn body_reader() -> (std::net::SocketAddr, Arc<AtomicUsize>) {

@@ -374,8 +374,10 @@ impl Server {
         let acceptor = TlsAcceptor::new(settings, certs).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let service = tower::service_fn(|req: Request<hyper::body::Incoming>| async move {
-            Ok::<_, Infallible>(Response::new(body::full(format!("{:?}", req.version()))))
+        let service = tower::service_fn(|req: Request<hyper::body::Incoming>| {
+            Box::pin(async move {
+                Ok::<_, Infallible>(Response::new(body::full(format!("{:?}", req.version()))))
+            })
         });
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(serve_with(
