@@ -326,7 +326,17 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<Report> {
         }
         match load::open_idle(t.addr, HOST, &t.headers, IDLE_CONNECTIONS).await {
             Ok(conns) => {
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                // Idle for a while, as a pod's connections sit between
+                // requests (kdp parks an HTTP/1 connection after a quiet
+                // second). A pod is never silent meanwhile: kubelet probes,
+                // the autoscaler scrapes every second. A request every
+                // 500 ms on one more connection stands in for those.
+                if let Ok(mut side) = load::connect(t.addr).await {
+                    for _ in 0..6 {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        let _ = load::get(&mut side, HOST, "/", &t.headers).await;
+                    }
+                }
                 for &(i, front) in &rows {
                     costs[i].rss_idle_conns_kib = Some(usage_of(t, front).rss_kib);
                 }
