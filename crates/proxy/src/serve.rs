@@ -91,6 +91,36 @@ pub trait Accept: Clone + Send + Sync + 'static {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Plain;
 
+/// What a server needs of its service: infallible (errors are already
+/// responses), cloned for every request, shared by every connection.
+pub trait ServeService:
+    tower::Service<
+        Request<Incoming>,
+        Response = Response<BoxBody>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + Unpin
+    + 'static
+{
+}
+
+impl<S> ServeService for S where
+    S: tower::Service<
+            Request<Incoming>,
+            Response = Response<BoxBody>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + Unpin
+        + 'static
+{
+}
+
 /// A stream that an upgraded (switched-protocol) HTTP/1 connection hands
 /// over: the socket, with any bytes the client sent after its request.
 pub trait UpgradedIo: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -205,13 +235,7 @@ pub async fn serve<S>(
     config: ServeConfig,
     shutdown: impl Future<Output = ()>,
 ) where
-    S: tower::Service<Request<Incoming>, Response = Response<BoxBody>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + Unpin
-        + 'static,
-    S::Future: Send + 'static,
+    S: ServeService,
 {
     serve_with(listener, Plain, service, config, shutdown).await;
 }
@@ -227,13 +251,7 @@ pub async fn serve_with<A, S>(
     shutdown: impl Future<Output = ()>,
 ) where
     A: Accept,
-    S: tower::Service<Request<Incoming>, Response = Response<BoxBody>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + Unpin
-        + 'static,
-    S::Future: Send + 'static,
+    S: ServeService,
 {
     let mut h1 = http1::Builder::new();
     h1.timer(TokioTimer::new())
@@ -310,13 +328,7 @@ struct Conn<S> {
 
 impl<S> Conn<S>
 where
-    S: tower::Service<Request<Incoming>, Response = Response<BoxBody>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + Unpin
-        + 'static,
-    S::Future: Send + 'static,
+    S: ServeService,
 {
     async fn run<A: Accept>(self, acceptor: A, tcp: TcpStream) {
         let mut io = match tokio::time::timeout_at(self.head_deadline, acceptor.accept(tcp)).await {
