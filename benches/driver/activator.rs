@@ -111,6 +111,7 @@ impl FakeCluster {
         .vars();
         let mut cmd = Command::new(bin);
         cmd.env_clear()
+            .envs(crate::procs::allocator_env())
             .env("KUBECONFIG", &self.kubeconfig)
             .envs(vars)
             // What the activator gets in a cluster: Knative's Deployment

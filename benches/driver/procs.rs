@@ -176,6 +176,13 @@ pub(crate) fn clock_ticks() -> u64 {
         .unwrap_or(100)
 }
 
+/// The driver's own `MIMALLOC_*` variables, passed on to kdp's binaries
+/// (whose environment is otherwise cleared) so that allocator options can be
+/// compared: `MIMALLOC_PURGE_DELAY=0 scripts/bench.sh ...`.
+pub(crate) fn allocator_env() -> impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)> {
+    std::env::vars_os().filter(|(k, _)| k.to_string_lossy().starts_with("MIMALLOC_"))
+}
+
 /// A loopback port that was free a moment ago.
 pub(crate) fn free_port() -> io::Result<u16> {
     let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;

@@ -235,6 +235,7 @@ impl QueueProxy<'_> {
         let port = |p: u16| p.to_string();
         let mut cmd = Command::new(self.bin);
         cmd.env_clear()
+            .envs(crate::procs::allocator_env())
             .env("CONTAINER_CONCURRENCY", self.cc.to_string())
             .env("QUEUE_SERVING_PORT", port(self.port))
             .env("QUEUE_SERVING_TLS_PORT", port(free_port()?))
