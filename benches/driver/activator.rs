@@ -152,22 +152,7 @@ pub(crate) fn pod_ip_usable() -> bool {
 }
 
 fn private_endpoints(rev: &str, pods: &[SocketAddr]) -> Value {
-    let subsets: Vec<Value> = pods
-        .iter()
-        .map(|p| {
-            json!({"addresses": [{"ip": p.ip().to_string()}],
-                   "ports": [{"name": "http", "port": p.port()}]})
-        })
-        .collect();
-    json!({
-        "apiVersion": "v1",
-        "kind": "Endpoints",
-        "metadata": {"name": format!("{rev}-private"), "namespace": NAMESPACE,
-                     "labels": {"serving.knative.dev/revision": rev,
-                                "serving.knative.dev/revisionUID": format!("uid-{rev}"),
-                                "networking.internal.knative.dev/serviceType": "Private"}},
-        "subsets": subsets
-    })
+    kdp_test_support::activator::private_endpoints(NAMESPACE, rev, pods)
 }
 
 fn kubeconfig_yaml(server: &str) -> String {

@@ -72,24 +72,9 @@ pub(crate) fn revision(name: &str, cc: i64, timeout: i64) -> serde_json::Value {
     })
 }
 
-/// The private Endpoints of revision `rev`, one subset per pod `ip:port`.
+/// The private Endpoints of revision `rev` in `default`, one subset per pod `ip:port`.
 pub(crate) fn private_endpoints(rev: &str, pods: &[SocketAddr]) -> serde_json::Value {
-    let subsets: Vec<_> = pods
-        .iter()
-        .map(|p| {
-            json!({"addresses": [{"ip": p.ip().to_string()}],
-                   "ports": [{"name": "http", "port": p.port()}]})
-        })
-        .collect();
-    json!({
-        "apiVersion": "v1",
-        "kind": "Endpoints",
-        "metadata": {"name": format!("{rev}-private"), "namespace": "default",
-                     "labels": {"serving.knative.dev/revision": rev,
-                                "serving.knative.dev/revisionUID": "uid-1",
-                                "networking.internal.knative.dev/serviceType": "Private"}},
-        "subsets": subsets
-    })
+    kdp_test_support::activator::private_endpoints("default", rev, pods)
 }
 
 /// Polls `f` until it returns true or 10 s pass.

@@ -11,7 +11,7 @@ use kdp_test_support::{ActivatorEnv, ActivatorPorts, FakeApiServer, FakeAutoscal
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use super::{REV, revision, send, send_to};
+use super::{REV, private_endpoints, revision, send, send_to};
 
 /// A kubeconfig pointing at `api`, in a file removed on drop.
 struct Kubeconfig(std::path::PathBuf);
@@ -169,15 +169,10 @@ async fn request_log_and_log_level_follow_their_config_maps() {
     ));
     let closed_port = kdp_test_support::raw::closed_port();
     api.apply(revision("hello-00001", 0, 300));
-    api.apply(json!({
-        "apiVersion": "v1", "kind": "Endpoints",
-        "metadata": {"name": "hello-00001-private", "namespace": "default",
-                     "labels": {"serving.knative.dev/revision": "hello-00001",
-                                "serving.knative.dev/revisionUID": "uid-1",
-                                "networking.internal.knative.dev/serviceType": "Private"}},
-        "subsets": [{"addresses": [{"ip": "127.0.0.1"}],
-                     "ports": [{"name": "http", "port": closed_port}]}]
-    }));
+    api.apply(private_endpoints(
+        "hello-00001",
+        &[SocketAddr::from(([127, 0, 0, 1], closed_port))],
+    ));
     let p = Process::spawn(&api, &autoscaler);
     let http1 = p.addr("http1").await;
     let profiling = p.addr("profiling").await;

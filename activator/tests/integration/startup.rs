@@ -89,6 +89,14 @@ pub(crate) fn secret(leaf: &Leaf, ca: Option<&TestCa>) -> Value {
 }
 
 /// The revision's private Service, with `clusterIP` and port `http`.
+/// Revision `hello-00001` with one pod at `pod`, and its private Service
+/// with `cluster_ip`.
+fn behind_cluster_ip(api: &FakeApiServer, pod: SocketAddr, cluster_ip: SocketAddr) {
+    api.apply(private_service("hello-00001", cluster_ip));
+    api.apply(revision("hello-00001", 0, 300));
+    api.apply(private_endpoints("hello-00001", &[pod]));
+}
+
 fn private_service(rev: &str, cluster_ip: SocketAddr) -> Value {
     json!({"apiVersion": "v1", "kind": "Service",
            "metadata": {"name": format!("{rev}-private"), "namespace": "default",
@@ -221,10 +229,7 @@ async fn pods_that_look_meshed_fall_back_to_the_cluster_ip() {
     let pod = FakePod::start("pod-a", ip(41)).unwrap();
     pod.set_ready(false);
     let cluster_ip = FakePod::start("cluster-ip", ip(42)).unwrap();
-    r.api
-        .apply(private_service("hello-00001", cluster_ip.addr()));
-    r.api.apply(revision("hello-00001", 0, 300));
-    r.api.apply(private_endpoints("hello-00001", &[pod.addr()]));
+    behind_cluster_ip(&r.api, pod.addr(), cluster_ip.addr());
     let got = tokio::time::timeout(Duration::from_secs(10), send(r.http1, &REV))
         .await
         .unwrap();
@@ -245,10 +250,7 @@ async fn mesh_mode_enabled_always_uses_the_cluster_ip() {
     let r = run(api).await;
     let pod = FakePod::start("pod-a", ip(43)).unwrap();
     let cluster_ip = FakePod::start("cluster-ip", ip(44)).unwrap();
-    r.api
-        .apply(private_service("hello-00001", cluster_ip.addr()));
-    r.api.apply(revision("hello-00001", 0, 300));
-    r.api.apply(private_endpoints("hello-00001", &[pod.addr()]));
+    behind_cluster_ip(&r.api, pod.addr(), cluster_ip.addr());
     let got = tokio::time::timeout(Duration::from_secs(10), send(r.http1, &REV))
         .await
         .unwrap();
@@ -264,10 +266,7 @@ async fn mesh_mode_disabled_never_falls_back() {
     let pod = FakePod::start("pod-a", ip(45)).unwrap();
     pod.set_ready(false);
     let cluster_ip = FakePod::start("cluster-ip", ip(46)).unwrap();
-    r.api
-        .apply(private_service("hello-00001", cluster_ip.addr()));
-    r.api.apply(revision("hello-00001", 0, 300));
-    r.api.apply(private_endpoints("hello-00001", &[pod.addr()]));
+    behind_cluster_ip(&r.api, pod.addr(), cluster_ip.addr());
     // The ready pod is trusted without a probe.
     let got = tokio::time::timeout(Duration::from_secs(10), send(r.http1, &REV))
         .await

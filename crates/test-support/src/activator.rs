@@ -6,8 +6,34 @@
 //! caller adds its own variables on top (`PROBE_FREQUENCY` in the tests,
 //! `KUBECONFIG` in the bench driver).
 
+use std::net::SocketAddr;
+
+use serde_json::{Value, json};
+
 /// The activator's `SYSTEM_NAMESPACE`, where its ConfigMaps live.
 pub const SYSTEM_NAMESPACE: &str = "knative-serving";
+
+/// The private Endpoints of revision `rev` in `namespace`, one subset per
+/// pod `ip:port`, labelled as Knative's controller labels them (the
+/// activator watches by those labels).
+pub fn private_endpoints(namespace: &str, rev: &str, pods: &[SocketAddr]) -> Value {
+    let subsets: Vec<Value> = pods
+        .iter()
+        .map(|p| {
+            json!({"addresses": [{"ip": p.ip().to_string()}],
+                   "ports": [{"name": "http", "port": p.port()}]})
+        })
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Endpoints",
+        "metadata": {"name": format!("{rev}-private"), "namespace": namespace,
+                     "labels": {"serving.knative.dev/revision": rev,
+                                "serving.knative.dev/revisionUID": format!("uid-{rev}"),
+                                "networking.internal.knative.dev/serviceType": "Private"}},
+        "subsets": subsets
+    })
+}
 
 /// The variables an activator needs to start against the fakes
 /// ([`FakeAutoscaler`](crate::FakeAutoscaler), [`FakeApiServer`](crate::FakeApiServer)).
