@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use kdp_activator::env::Config;
 use kdp_core::env::{EX_USAGE, Env};
 
-/// mimalloc, as in the queue-proxy: cheaper allocation on the request path,
-/// and memory freed after a burst of held requests goes back to the OS.
+/// mimalloc (see [`kdp_core::memory`]): cheaper allocation on the request
+/// path, and memory freed after a burst goes back to the OS.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: kdp_core::memory::Allocator = kdp_core::memory::Allocator;
 
 fn main() -> ExitCode {
     let resolv = std::fs::read_to_string("/etc/resolv.conf").ok();
@@ -30,6 +30,9 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        tokio::spawn(kdp_core::memory::reclaim_every(
+            kdp_core::memory::RECLAIM_PERIOD,
+        ));
         let client = match kdp_k8s::kube::Client::try_default().await {
             Ok(client) => client,
             Err(err) => {

@@ -4,11 +4,10 @@ use kdp_core::env::{EX_USAGE, Env};
 use kdp_queue_proxy::env::Config;
 use kdp_queue_proxy::{App, Listeners};
 
-/// mimalloc rather than glibc's malloc: faster on the per-request paths and
-/// it hands freed memory back to the OS, so a sidecar shrinks after a burst
-/// instead of keeping its peak.
+/// mimalloc (see [`kdp_core::memory`]): cheaper allocation on the request
+/// path, and memory freed after a burst goes back to the OS.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: kdp_core::memory::Allocator = kdp_core::memory::Allocator;
 
 fn main() {
     let config = match Config::from_env(&Env) {
@@ -37,6 +36,9 @@ fn main() {
         }
     };
     let code = runtime.block_on(async move {
+        tokio::spawn(kdp_core::memory::reclaim_every(
+            kdp_core::memory::RECLAIM_PERIOD,
+        ));
         let listeners = match Listeners::bind(&config).await {
             Ok(l) => l,
             Err(err) => {
