@@ -16,9 +16,9 @@
 //!
 //! **Parked connections.** hyper keeps an 8 KiB read and an 8 KiB write
 //! buffer for every HTTP/1 connection for as long as it lives, and starts its
-//! header timer the moment a connection goes idle. So a plain-TCP HTTP/1
-//! connection that has been quiet for a second, with no response head still
-//! to write, is *parked*: hyper is asked to stop after the current exchange
+//! header timer the moment a connection goes idle. So an HTTP/1 connection
+//! (plain or TLS) that has been quiet for a second, with no response head
+//! still to write, is *parked*: hyper is asked to stop after the current exchange
 //! (an idle one stops at once), gives back the socket and any bytes it had
 //! read, and the task waits for the socket to become readable with no
 //! buffers and no timer. The next request gets a fresh hyper connection. On
@@ -79,9 +79,13 @@ pub trait Accept: Clone + Send + Sync + 'static {
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     /// Performs the handshake, if any.
     fn accept(&self, tcp: TcpStream) -> Pin<Box<dyn Future<Output = io::Result<Self::Io>> + Send>>;
+    /// Whether idle HTTP/1 connections on this stream are parked; by
+    /// default not.
+    const PARKS: bool = false;
     /// The socket to wait on while an idle HTTP/1 connection is parked, if
-    /// the stream can be parked (it buffers nothing of its own); by default
-    /// none, and the connection is never parked.
+    /// it can be parked now: the stream holds nothing the socket's
+    /// readiness would not announce (decrypted bytes, say). If not, the
+    /// connection is served again at once.
     fn parkable(_io: &Self::Io) -> Option<&TcpStream> {
         None
     }
@@ -216,6 +220,7 @@ impl ServeConfig {
 
 impl Accept for Plain {
     type Io = TcpStream;
+    const PARKS: bool = true;
     fn accept(
         &self,
         tcp: TcpStream,
@@ -398,10 +403,7 @@ where
             // to complete first, so a stalled partial head still meets the
             // header timeout.
             may_park = rest.is_empty();
-            if may_park {
-                let Some(socket) = A::parkable(&back) else {
-                    return;
-                };
+            if may_park && let Some(socket) = A::parkable(&back) {
                 tokio::select! {
                     readable = socket.readable() => if readable.is_err() { return },
                     () = stopped(self.stop.clone()) => return,
@@ -422,7 +424,7 @@ where
         prefix: Bytes,
         may_park: bool,
     ) -> Option<(Bytes, A::Io)> {
-        let parkable = A::parkable(&io).is_some();
+        let parkable = A::PARKS;
         let parking = Arc::new(AtomicBool::new(false));
         let io = Rewind {
             prefix,

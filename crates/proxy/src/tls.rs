@@ -391,6 +391,15 @@ impl fmt::Debug for TlsAcceptor {
 
 impl Accept for TlsAcceptor {
     type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    const PARKS: bool = true;
+
+    /// Only with no decrypted bytes waiting in rustls (a pipelined request
+    /// that arrived with the last one, say) and nothing left to send: the
+    /// socket would not announce the first, nobody would flush the second.
+    fn parkable(io: &Self::Io) -> Option<&TcpStream> {
+        let (tcp, tls) = io.get_ref();
+        (tls.wants_read() && !tls.wants_write()).then_some(tcp)
+    }
 
     fn accept(&self, tcp: TcpStream) -> Pin<Box<dyn Future<Output = io::Result<Self::Io>> + Send>> {
         let handshake = self.inner.accept(tcp);

@@ -5,12 +5,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Reads one HTTP head (through `\r\n\r\n`) from `tcp`, keeping what follows
-/// in `buf`. `None` once the connection ends first.
-pub async fn read_head(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+/// Reads one HTTP head (through `\r\n\r\n`) from `tcp` (or a TLS stream),
+/// keeping what follows in `buf`. `None` once the connection ends first.
+pub async fn read_head<S>(tcp: &mut S, buf: &mut Vec<u8>) -> Option<String>
+where
+    S: AsyncRead + Unpin,
+{
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
@@ -39,7 +42,10 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], limit: Duration) -> St
 
 /// Reads until EOF, an error, or `limit`; returns the text and whether the
 /// connection ended (rather than the limit passing).
-pub async fn read_until_closed(tcp: &mut TcpStream, limit: Duration) -> (String, bool) {
+pub async fn read_until_closed<S>(tcp: &mut S, limit: Duration) -> (String, bool)
+where
+    S: AsyncRead + Unpin,
+{
     let mut out = Vec::new();
     let ended = tokio::time::timeout(limit, async {
         let mut chunk = [0u8; 4096];

@@ -10,6 +10,8 @@
 //! assert!(ca.cert_pem().starts_with("-----BEGIN CERTIFICATE-----"));
 //! ```
 
+use std::sync::Arc;
+
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::CertificateDer;
 
@@ -56,6 +58,26 @@ impl TestCa {
     /// The CA certificate, DER.
     pub fn der(&self) -> CertificateDer<'static> {
         self.issuer.der().clone()
+    }
+
+    /// A client configuration (ring, rustls' safe defaults) that trusts
+    /// this CA alone.
+    ///
+    /// # Panics
+    ///
+    /// If rustls rejects its own defaults.
+    pub fn client_config(&self) -> rustls::ClientConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(self.der())
+            .expect("a CA certificate rustls parses");
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("the safe defaults")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
     }
 
     /// A leaf certificate with DNS SANs `names`, signed by this CA.

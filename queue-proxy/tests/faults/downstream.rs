@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, StreamBody};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -146,14 +146,58 @@ async fn idle_keep_alive_connections_outlive_the_header_read_timeout() {
     let _shared = EXCLUSIVE.read().await;
     let up = scripted(|_, _| Act::Ok).await;
     let qp = Qp::start(up.addr.port(), &[("KDP_HEADER_READ_TIMEOUT", "500ms")]).await;
+    let tcp = TcpStream::connect(qp.main).await.unwrap();
+    outlives_the_header_read_timeout(tcp).await;
+    assert_eq!(up.requests.load(Ordering::Relaxed), 2);
+}
+
+/// The same over TLS (port 8112), where rustls sits between the socket and
+/// hyper.
+#[tokio::test]
+async fn idle_tls_keep_alive_connections_outlive_the_header_read_timeout() {
+    let _shared = EXCLUSIVE.read().await;
+    let ca = kdp_test_support::tls::TestCa::new();
+    let leaf = ca.leaf(&["kn-user-default"]);
+    let dir = std::env::temp_dir().join(format!("kdp-qp-idle-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("tls.crt"), &leaf.cert_pem).unwrap();
+    std::fs::write(dir.join("tls.key"), &leaf.key_pem).unwrap();
+    let up = scripted(|_, _| Act::Ok).await;
+    let qp = Qp::start(
+        up.addr.port(),
+        &[
+            ("KDP_HEADER_READ_TIMEOUT", "500ms"),
+            ("KDP_CERT_DIR", dir.to_str().unwrap()),
+        ],
+    )
+    .await;
+    let tcp = TcpStream::connect(qp.tls.expect("TLS port opened"))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("kn-user-default").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(ca.client_config()))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    outlives_the_header_read_timeout(tls).await;
+    assert_eq!(up.requests.load(Ordering::Relaxed), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One request; idle for three header timeouts (500 ms), then a head in two
+/// pieces, served; idle again, then half a head, cut by the timeout.
+async fn outlives_the_header_read_timeout<S>(mut conn: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     // A `200 ok` (two body bytes) on the same connection.
-    async fn ok_on(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
-        let Some(head) = read_head(tcp, buf).await else {
+    async fn ok_on<S: AsyncRead + Unpin>(conn: &mut S, buf: &mut Vec<u8>) -> bool {
+        let Some(head) = read_head(conn, buf).await else {
             return false;
         };
         while buf.len() < 2 {
             let mut chunk = [0_u8; 64];
-            match tcp.read(&mut chunk).await {
+            match conn.read(&mut chunk).await {
                 Ok(0) | Err(_) => return false,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
@@ -162,29 +206,25 @@ async fn idle_keep_alive_connections_outlive_the_header_read_timeout() {
         head.starts_with("HTTP/1.1 200 ")
     }
     let mut buf = Vec::new();
-    let mut tcp = TcpStream::connect(qp.main).await.unwrap();
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    assert!(ok_on(&mut tcp, &mut buf).await);
-    // Idle for three header timeouts, then a head in two pieces.
+    assert!(ok_on(&mut conn, &mut buf).await);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    tcp.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    tcp.write_all(b"Host: x\r\n\r\n").await.unwrap();
-    assert!(ok_on(&mut tcp, &mut buf).await, "served after idling");
-    // Idle again, then half a head and nothing more: cut by the timeout.
+    conn.write_all(b"Host: x\r\n\r\n").await.unwrap();
+    assert!(ok_on(&mut conn, &mut buf).await, "served after idling");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    tcp.write_all(b"GET / HTTP/1.1\r\nX-Slow: ").await.unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nX-Slow: ").await.unwrap();
     let start = Instant::now();
-    let (_, ended) = read_until_closed(&mut tcp, Duration::from_secs(4)).await;
+    let (_, ended) = read_until_closed(&mut conn, Duration::from_secs(4)).await;
     assert!(ended, "a stalled head is closed");
     assert!(
         start.elapsed() < Duration::from_millis(2500),
         "cut after {:?}",
         start.elapsed()
     );
-    assert_eq!(up.requests.load(Ordering::Relaxed), 2);
 }
 
 /// An upstream that reads the whole request body before answering, and
