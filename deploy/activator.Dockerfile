@@ -24,8 +24,7 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     host="$(rustc -vV | sed -n 's/^host: //p')" \
- && case "$host" in x86_64-unknown-linux-gnu) icf="-C link-arg=-Wl,--icf=all" ;; *) icf="" ;; esac \
- && RUSTFLAGS="-C target-feature=+crt-static $icf" \
+ && RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --release --locked --target "$host" -p kdp-activator \
  && mkdir -p /out \
  && cp "target/$host/release/activator" /out/activator

@@ -15,9 +15,8 @@
 #   port is >= 1024.
 # No shell, package manager or libc tools are in the runtime image.
 #
-# The binary is glibc linked statically (`-C target-feature=+crt-static`, and
-# with identical code folded on x86_64, as scripts/build-release.sh builds and
-# CI checks it): it maps only the libc
+# The binary is glibc linked statically (`-C target-feature=+crt-static`, as
+# scripts/build-release.sh builds and CI checks it): it maps only the libc
 # code it calls, which keeps the sidecar's idle memory under 5 MB. It still
 # runs on gcr.io/distroless/cc-debian12 because resolving a host name (a
 # readiness probe's `host`) makes static glibc load the NSS modules of the
@@ -47,8 +46,7 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     host="$(rustc -vV | sed -n 's/^host: //p')" \
- && case "$host" in x86_64-unknown-linux-gnu) icf="-C link-arg=-Wl,--icf=all" ;; *) icf="" ;; esac \
- && RUSTFLAGS="-C target-feature=+crt-static $icf" \
+ && RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --release --locked --target "$host" -p kdp-queue-proxy \
  && mkdir -p /out \
  && cp "target/$host/release/queue-proxy" /out/queue-proxy

@@ -34,21 +34,13 @@ if [ "${1:-}" = "--print-dirs" ]; then
     exit 0
 fi
 
-# Identical code folding where the linker is lld (rustc's default on x86_64
-# Linux): functions with the same machine code, mostly generic instances,
-# are kept once (the queue-proxy loses about 50 KB; no change in CPU per
-# request). Rust promises nothing about function
-# addresses, so folding them is sound (MSVC builds always fold).
-ICF=""
-case "$HOST" in x86_64-unknown-linux-gnu) ICF="-C link-arg=-Wl,--icf=all" ;; esac
-
 if [ "${1:-}" != "--no-build" ]; then
     # One package per build, as each image builds it: built together, the
     # queue-proxy would get every feature the activator's dependencies turn
     # on (0.35 MiB more code).
     for package in kdp-queue-proxy kdp-activator; do
         echo "== cargo build --release --target $HOST -p $package, static glibc"
-        RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static $ICF" \
+        RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
             cargo build --release --locked --target "$HOST" -p "$package"
     done
     echo "== cargo build --release (kdp)"
