@@ -10,6 +10,11 @@ use kdp_core::memory;
 #[global_allocator]
 static GLOBAL: memory::Allocator = memory::Allocator;
 
+/// The tests measure the whole process's RSS, and a collection on any
+/// thread purges for the whole process: one test at a time, even when the
+/// harness runs them on threads of one process.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// What a burst allocates and then frees: 4096 connection-sized buffers.
 const BURST: usize = 4096;
 const BUFFER: usize = 8 * 1024;
@@ -54,6 +59,9 @@ fn shrinks_to(baseline: u64, mut step: impl FnMut()) -> Result<(), u64> {
 
 #[test]
 fn an_idle_process_gives_a_bursts_memory_back() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let baseline = rss();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     // The binaries' reclaimer, on a runtime of its own.
@@ -78,6 +86,9 @@ fn an_idle_process_gives_a_bursts_memory_back() {
 
 #[test]
 fn a_burst_freed_by_a_thread_that_then_sleeps_is_reclaimed_from_another() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let baseline = rss();
     let (done, sleep) = std::sync::mpsc::channel::<()>();
     let (freed_tx, freed) = std::sync::mpsc::channel::<()>();

@@ -25,7 +25,7 @@
 //! the wire nothing changes: no `Connection: close` is ever added (parking
 //! waits until every response head is out), and bytes hyper had buffered
 //! are replayed. A thousand idle clients cost a few KB each instead of
-//! about 19.
+//! about 19 (over TLS, rustls' own state stays).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -80,7 +80,9 @@ pub trait Accept: Clone + Send + Sync + 'static {
     /// Performs the handshake, if any.
     fn accept(&self, tcp: TcpStream) -> Pin<Box<dyn Future<Output = io::Result<Self::Io>> + Send>>;
     /// Whether idle HTTP/1 connections on this stream are parked; by
-    /// default not.
+    /// default not. A stream that parks implements [`Accept::parkable`]
+    /// too: with the default (never parkable now), its connections would be
+    /// handed back and resumed every [`PARK_AFTER`] for nothing.
     const PARKS: bool = false;
     /// The socket to wait on while an idle HTTP/1 connection is parked, if
     /// it can be parked now: the stream holds nothing the socket's

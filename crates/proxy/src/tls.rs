@@ -396,6 +396,11 @@ impl Accept for TlsAcceptor {
     /// Only with no decrypted bytes waiting in rustls (a pipelined request
     /// that arrived with the last one, say) and nothing left to send: the
     /// socket would not announce the first, nobody would flush the second.
+    /// A parked connection keeps rustls' state (its buffers and the
+    /// session), only hyper's buffers are freed. One case stays invisible
+    /// here: a read error tokio-rustls holds back for its next read; the
+    /// connection then waits for the socket (whose peer has usually closed
+    /// it, which wakes it) before the error ends it.
     fn parkable(io: &Self::Io) -> Option<&TcpStream> {
         let (tcp, tls) = io.get_ref();
         (tls.wants_read() && !tls.wants_write()).then_some(tcp)
